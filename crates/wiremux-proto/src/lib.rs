@@ -1,0 +1,47 @@
+//! The sans-IO core of wiremux: Mercurial's frame protocol
+//! (`application/mercurial-exp-framing-0002`) as plain data and state
+//! machines. No runtime, no sockets, no clocks: bytes and events in, actions
+//! out, so every rule is tested deterministically.
+//!
+//! - [`frame`]: the header, frame types and flags.
+//! - [`codec`]: incremental, zero-copy decoding and encoding
+//!   (also tokio-util's `Decoder`/`Encoder`).
+//! - [`human`]: the one-line human syntax used by tests and tools.
+//! - [`builder`]: every frame of a command, a response, an error.
+//! - [`server`]: the server reactor, one assembler per request ID.
+//! - [`client`]: the ID allocator and the response assembler.
+//! - [`reflect`]: the reflect report of the server reactor's decisions.
+//!
+//! ```
+//! use wiremux_proto::builder::CommandBuilder;
+//! use wiremux_proto::server::{Action, ServerReactor};
+//! use wiremux_proto::FrameCodec;
+//!
+//! // A client encodes a command...
+//! let mut wire = bytes::BytesMut::new();
+//! CommandBuilder::new("echo").arg("k", "v").data("hi").encode(1, 32768, &mut wire).unwrap();
+//! // ...and the server decodes and assembles it.
+//! let (mut codec, mut reactor) = (FrameCodec::new(), ServerReactor::new());
+//! while let Some(frame) = codec.decode_frame(&mut wire).unwrap() {
+//!     if let Action::RunCommand(cmd) = reactor.on_frame(frame) {
+//!         assert_eq!(cmd.arg("k").unwrap(), "v");
+//!         assert_eq!(cmd.data.unwrap(), "hi");
+//!     }
+//! }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod builder;
+pub mod client;
+pub mod codec;
+pub mod frame;
+pub mod human;
+pub mod reflect;
+pub mod server;
+
+pub use codec::{decode_all, CodecError, FrameCodec};
+pub use frame::{Flags, Frame, FrameType, Header, HEADER_LEN};
+
+/// The media type of the frame protocol.
+pub const MEDIA_TYPE: &str = "application/mercurial-exp-framing-0002";

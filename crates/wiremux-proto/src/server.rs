@@ -1,0 +1,894 @@
+//! The server reactor: frames in, actions out.
+//!
+//! [`ServerReactor`] splits the inbound frame stream into one assembler per
+//! request ID and says what to do after each frame: wait for more
+//! ([`Action::WantFrame`]), run a complete command ([`Action::RunCommand`]),
+//! answer an error ([`Action::Error`]), send frames ([`Action::SendFrames`]),
+//! or nothing ([`Action::Noop`]). It owns no socket and no clock; the engine
+//! drives it and tells it when a response has been sent in full
+//! ([`ServerReactor::on_response_finished`]), which frees the request ID.
+//!
+//! Errors come in two scopes (see [`Scope`]). A request-level error ends one
+//! request; its later frames are dropped until the request's last frame or a
+//! new command on the same ID, and every other request goes on. A
+//! connection-level error cannot be pinned to one request; the engine sends a
+//! `protocol` error-response and closes, and the reactor refuses every later
+//! frame.
+//!
+//! ```
+//! use wiremux_proto::human::parse_frame;
+//! use wiremux_proto::server::{Action, ServerReactor};
+//!
+//! let mut reactor = ServerReactor::new();
+//! match reactor.on_frame(parse_frame("1 command-name eos heads").unwrap()) {
+//!     Action::RunCommand(cmd) => {
+//!         assert_eq!((cmd.request_id, &cmd.command[..]), (1, &b"heads"[..]));
+//!         reactor.on_response_finished(cmd.request_id);
+//!     }
+//!     other => panic!("unexpected {other:?}"),
+//! }
+//! ```
+
+use crate::builder::{error_response_frame, ErrorFlag};
+use crate::codec::DEFAULT_MAX_SEND_PAYLOAD;
+use crate::frame::{Flags, Frame, FrameType};
+use crate::human::format_flags;
+use bytes::{Buf, Bytes, BytesMut};
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Limits of one connection's reactor. Every field has a documented default;
+/// hitting a limit gives the peer a clear error, never unbounded memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests whose frames are still arriving, at once. Default 1024.
+    /// Over it: connection-level error.
+    pub max_receiving: usize,
+    /// Arguments in one request. Default 256. Over it: request-level error.
+    pub max_args: usize,
+    /// Argument and data bytes buffered for one request. Default 8 MiB.
+    /// Over it: request-level error.
+    pub max_request_bytes: usize,
+    /// Argument and data bytes buffered for all requests still arriving on
+    /// the connection. Default 32 MiB. Over it: connection-level error.
+    pub max_connection_bytes: usize,
+    /// Largest payload of a frame the reactor builds (deferred responses and
+    /// errors). Default 32768.
+    pub max_send_payload: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_receiving: 1024,
+            max_args: 256,
+            max_request_bytes: 8 << 20,
+            max_connection_bytes: 32 << 20,
+            max_send_payload: DEFAULT_MAX_SEND_PAYLOAD,
+        }
+    }
+}
+
+/// A complete command, ready to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// The request ID the response must carry.
+    pub request_id: u16,
+    /// The command name, as sent.
+    pub command: Bytes,
+    /// Arguments in the order they arrived (names are unique).
+    pub args: Vec<(Bytes, Bytes)>,
+    /// The command's data, if it announced any.
+    pub data: Option<Bytes>,
+}
+
+impl Command {
+    /// The value of the argument `name`, if given.
+    pub fn arg(&self, name: &str) -> Option<&Bytes> {
+        self.args
+            .iter()
+            .find(|(n, _)| n == name.as_bytes())
+            .map(|(_, v)| v)
+    }
+}
+
+/// What the reactor's state is, as the reflect report shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// No request is being received.
+    Idle,
+    /// At least one request is still being received.
+    CommandReceiving,
+    /// A connection-level error happened; every later frame is refused.
+    Errored,
+}
+
+impl State {
+    /// The name used in the reflect report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Idle => "idle",
+            State::CommandReceiving => "command-receiving",
+            State::Errored => "errored",
+        }
+    }
+}
+
+/// What the engine should do after a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// More frames are needed.
+    WantFrame {
+        /// The reactor's state after the frame.
+        state: State,
+    },
+    /// A command is complete: run it. Its ID stays active until
+    /// [`ServerReactor::on_response_finished`].
+    RunCommand(Command),
+    /// Something was wrong: answer with the error's frame
+    /// ([`ReactorError::frame`]); a connection-level error then closes.
+    Error(ReactorError),
+    /// Send these frames.
+    SendFrames(Vec<Frame>),
+    /// Nothing to do.
+    Noop,
+}
+
+impl Action {
+    /// The action's name in the reflect report.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::WantFrame { .. } => "wantframe",
+            Action::RunCommand(_) => "runcommand",
+            Action::Error(_) => "error",
+            Action::SendFrames(_) => "sendframes",
+            Action::Noop => "noop",
+        }
+    }
+}
+
+/// Whether an error ends one request or the whole connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Ends one request with an `application` error-response; the others go on.
+    Request,
+    /// A `protocol` error-response, then the connection closes.
+    Connection,
+}
+
+/// An error found by the reactor, with the request it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.message())]
+pub struct ReactorError {
+    /// The request ID of the frame at fault.
+    pub request_id: u16,
+    /// What went wrong.
+    pub kind: ErrorKind,
+}
+
+impl ReactorError {
+    /// Whether the error ends one request or the connection.
+    pub fn scope(&self) -> Scope {
+        self.kind.scope()
+    }
+
+    /// The message for a person, naming the request.
+    pub fn message(&self) -> String {
+        match &self.kind {
+            ErrorKind::IncompleteAtEof(list) => {
+                let parts: Vec<String> = list
+                    .iter()
+                    .map(|(id, what)| format!("request {id} ({what})"))
+                    .collect();
+                format!(
+                    "input ended with {} request(s) incomplete: {}",
+                    list.len(),
+                    parts.join(", ")
+                )
+            }
+            kind => format!("request {}: {kind}", self.request_id),
+        }
+    }
+
+    /// The error-response frame that tells the peer (for
+    /// [`ErrorKind::IncompleteAtEof`], use [`ReactorError::frames`]).
+    pub fn frame(&self, max_payload: usize) -> Frame {
+        let flag = match self.scope() {
+            Scope::Request => ErrorFlag::Application,
+            Scope::Connection => ErrorFlag::Protocol,
+        };
+        error_response_frame(self.request_id, flag, &self.message(), max_payload)
+    }
+
+    /// Every error-response frame the error calls for: one per incomplete
+    /// request at end of input, otherwise the one of [`ReactorError::frame`].
+    pub fn frames(&self, max_payload: usize) -> Vec<Frame> {
+        match &self.kind {
+            ErrorKind::IncompleteAtEof(list) => list
+                .iter()
+                .map(|(id, what)| {
+                    let message = format!(
+                        "request {id}: input ended before the command was complete ({what})"
+                    );
+                    error_response_frame(*id, ErrorFlag::Application, &message, max_payload)
+                })
+                .collect(),
+            _ => vec![self.frame(max_payload)],
+        }
+    }
+}
+
+/// The kinds of error the reactor finds. Display gives the detail; the
+/// request ID is added by [`ReactorError`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ErrorKind {
+    // ---- connection-level ----
+    /// A frame type this version does not define.
+    #[error("frame of unknown type {0}")]
+    UnknownFrameType(u8),
+    /// A client command on an even (server-initiated) request ID.
+    #[error("a client command must use an odd request ID")]
+    EvenRequestId,
+    /// A command-name frame for an ID whose command is still arriving.
+    #[error("command-name frame for an ID whose command is still being received")]
+    IdStillReceiving,
+    /// A command-name frame for an ID whose command is still running.
+    #[error("command-name frame for an ID whose command is still running")]
+    IdStillActive,
+    /// A frame other than command-name for an ID with no request.
+    #[error("{0} frame for a request that was never started")]
+    UnknownRequest(FrameType),
+    /// Too many requests receiving at once.
+    #[error("more than {0} requests being received at once")]
+    TooManyReceiving(usize),
+    /// Too many bytes buffered for the requests still arriving.
+    #[error("more than {0} bytes buffered for requests still being received on this connection")]
+    ConnectionBufferFull(usize),
+    /// A frame after a connection-level error.
+    #[error("frame refused: an earlier protocol error ended this connection")]
+    AlreadyErrored,
+    // ---- request-level ----
+    /// A command-name frame whose flags are not eos alone, or have-args
+    /// and/or have-data.
+    #[error("command-name flags must be eos alone, or have-args and/or have-data; got {0}")]
+    BadCommandFlags(String),
+    /// A frame the request does not expect in its state.
+    #[error("unexpected {got} frame; expected {expected}")]
+    UnexpectedFrame {
+        /// The type that arrived.
+        got: FrameType,
+        /// What the request was waiting for.
+        expected: &'static str,
+    },
+    /// A command-data frame with neither continuation nor eos.
+    #[error("command-data frame needs exactly one of continuation or eos; got {0}")]
+    BadDataFlags(String),
+    /// A command-argument frame with flags that contradict each other.
+    #[error("command-argument frame with both continuation and eoa")]
+    BadArgumentFlags,
+    /// An argument frame too short for the 4-byte length prefix.
+    #[error("command-argument frame of {0} bytes is shorter than its 4-byte header")]
+    ArgumentHeaderTooShort(usize),
+    /// An argument name that does not fit in the argument's first frame.
+    #[error("argument name of {declared} bytes does not fit in its first frame ({have} bytes follow the header)")]
+    PartialArgumentName {
+        /// The declared name length.
+        declared: usize,
+        /// The bytes after the prefix.
+        have: usize,
+    },
+    /// More value bytes than the argument declared.
+    #[error("argument `{name}`: {have} value bytes, but {declared} declared")]
+    ArgumentValueTooLong {
+        /// The argument's name.
+        name: String,
+        /// The declared value length.
+        declared: usize,
+        /// The value bytes received.
+        have: usize,
+    },
+    /// A frame that ends an argument before its declared length.
+    #[error("argument `{name}`: frame ends with {have} of {declared} value bytes and no continuation flag")]
+    PartialArgumentValue {
+        /// The argument's name.
+        name: String,
+        /// The declared value length.
+        declared: usize,
+        /// The value bytes received.
+        have: usize,
+    },
+    /// A continuation flag on a frame that completed its value.
+    #[error("argument `{0}`: continuation flag on a frame that completes the value")]
+    NeedlessContinuation(String),
+    /// An argument name given twice.
+    #[error("argument `{0}` given twice")]
+    DuplicateArgument(String),
+    /// Too many arguments.
+    #[error("more than {0} arguments")]
+    TooManyArguments(usize),
+    /// Too many bytes for one request.
+    #[error("more than {0} bytes of arguments and data")]
+    RequestTooLarge(usize),
+    /// End of input with requests still arriving (each reported on its own).
+    #[error("input ended with requests incomplete")]
+    IncompleteAtEof(Vec<(u16, &'static str)>),
+}
+
+impl ErrorKind {
+    /// Whether this kind of error ends one request or the connection.
+    pub fn scope(&self) -> Scope {
+        use ErrorKind::*;
+        match self {
+            UnknownFrameType(_)
+            | EvenRequestId
+            | IdStillReceiving
+            | IdStillActive
+            | UnknownRequest(_)
+            | TooManyReceiving(_)
+            | ConnectionBufferFull(_)
+            | AlreadyErrored => Scope::Connection,
+            _ => Scope::Request,
+        }
+    }
+}
+
+/// Hashes a request ID by multiplying it into the high bits: IDs are dense
+/// small integers chosen by the peer, and this map sits on the per-frame path.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u16(&mut self, id: u16) {
+        self.0 = u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type IdMap<V> = HashMap<u16, V, BuildHasherDefault<IdHasher>>;
+
+/// A request ID's state.
+#[derive(Debug)]
+enum Slot {
+    /// Frames are still arriving.
+    Receiving(Box<Assembler>),
+    /// The command is running; its response is not finished.
+    Active,
+    /// A request-level error ended it; later frames are dropped until its
+    /// last frame (data `eos` if it announced data, else argument `eoa`) or
+    /// a new command-name.
+    Discarding { have_data: bool },
+}
+
+/// Where in its frames a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Arguments,
+    Data,
+}
+
+impl Phase {
+    fn describe(self) -> &'static str {
+        match self {
+            Phase::Arguments => "receiving arguments",
+            Phase::Data => "receiving data",
+        }
+    }
+}
+
+/// An argument whose value continues in later frames.
+#[derive(Debug)]
+struct PartialArg {
+    name: Bytes,
+    declared: usize,
+    value: BytesMut,
+}
+
+/// One request's frames so far.
+#[derive(Debug)]
+struct Assembler {
+    command: Bytes,
+    phase: Phase,
+    have_data: bool,
+    args: Vec<(Bytes, Bytes)>,
+    partial: Option<PartialArg>,
+    data: Chunks,
+    buffered: usize,
+}
+
+/// Data bytes: one frame's payload is kept as it is (no copy); more frames
+/// are joined.
+#[derive(Debug, Default)]
+enum Chunks {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Chunks {
+    fn push(&mut self, more: Bytes) {
+        *self = match std::mem::take(self) {
+            Chunks::Empty => Chunks::One(more),
+            Chunks::One(first) => {
+                let mut joined = BytesMut::with_capacity(first.len() + more.len());
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&more);
+                Chunks::Many(joined)
+            }
+            Chunks::Many(mut joined) => {
+                joined.extend_from_slice(&more);
+                Chunks::Many(joined)
+            }
+        }
+    }
+
+    fn finish(self) -> Bytes {
+        match self {
+            Chunks::Empty => Bytes::new(),
+            Chunks::One(b) => b,
+            Chunks::Many(b) => b.freeze(),
+        }
+    }
+}
+
+/// The server side of the protocol for one connection (or one HTTP request).
+#[derive(Debug)]
+pub struct ServerReactor {
+    limits: Limits,
+    slots: IdMap<Slot>,
+    receiving: usize,
+    active: usize,
+    buffered: usize,
+    errored: bool,
+    defer_output: bool,
+    input_ended: bool,
+    deferred: Vec<Frame>,
+}
+
+impl Default for ServerReactor {
+    fn default() -> Self {
+        ServerReactor::new()
+    }
+}
+
+impl ServerReactor {
+    /// A reactor with the default [`Limits`].
+    pub fn new() -> ServerReactor {
+        ServerReactor::with_limits(Limits::default())
+    }
+
+    /// A reactor with the given limits.
+    pub fn with_limits(limits: Limits) -> ServerReactor {
+        ServerReactor {
+            limits,
+            slots: IdMap::default(),
+            receiving: 0,
+            active: 0,
+            buffered: 0,
+            errored: false,
+            defer_output: false,
+            input_ended: false,
+            deferred: Vec::new(),
+        }
+    }
+
+    /// Defers output until the input has ended (PROTOCOL.md §4): responses
+    /// given to [`ServerReactor::on_bytes_response`] and
+    /// [`ServerReactor::on_application_error`] are kept and come out of
+    /// [`ServerReactor::on_input_eof`].
+    pub fn defer_output(mut self, defer: bool) -> ServerReactor {
+        self.defer_output = defer;
+        self
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The reactor's state.
+    pub fn state(&self) -> State {
+        if self.errored {
+            State::Errored
+        } else if self.receiving > 0 {
+            State::CommandReceiving
+        } else {
+            State::Idle
+        }
+    }
+
+    /// Requests whose frames are still arriving.
+    pub fn receiving(&self) -> usize {
+        self.receiving
+    }
+
+    /// Requests handed out with [`Action::RunCommand`] whose responses are
+    /// not finished.
+    pub fn active(&self) -> usize {
+        self.active
+    }
+
+    /// Bytes of arguments and data buffered for requests still arriving.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered
+    }
+
+    /// Feeds one frame and says what to do.
+    pub fn on_frame(&mut self, frame: Frame) -> Action {
+        if self.errored {
+            return self.fail_connection(frame.request_id, ErrorKind::AlreadyErrored);
+        }
+        let (id, frame_type, flags) = (frame.request_id, frame.frame_type, frame.flags);
+        let result = match frame.frame_type {
+            FrameType::COMMAND_NAME => self.on_command_name(frame),
+            t if !t.is_known() => Err(ErrorKind::UnknownFrameType(t.get())),
+            _ => self.on_continuing_frame(frame),
+        };
+        match result {
+            Ok(action) => action,
+            Err(kind) if kind.scope() == Scope::Connection => self.fail_connection(id, kind),
+            Err(kind) => {
+                self.discard(id, frame_type, flags);
+                Action::Error(ReactorError {
+                    request_id: id,
+                    kind,
+                })
+            }
+        }
+    }
+
+    fn fail_connection(&mut self, request_id: u16, kind: ErrorKind) -> Action {
+        self.errored = true;
+        Action::Error(ReactorError { request_id, kind })
+    }
+
+    /// Ends a request after a request-level error in the frame of
+    /// `frame_type` and `flags`: frees its buffers and, unless that frame was
+    /// its last, drops its later frames.
+    fn discard(&mut self, id: u16, frame_type: FrameType, flags: Flags) {
+        let have_data = match self.slots.remove(&id) {
+            Some(Slot::Receiving(asm)) => {
+                self.receiving -= 1;
+                self.buffered -= asm.buffered;
+                asm.have_data
+            }
+            _ => frame_type == FrameType::COMMAND_NAME && flags.contains(Flags::HAVE_DATA),
+        };
+        if !is_last_frame(frame_type, flags, have_data) {
+            self.slots.insert(id, Slot::Discarding { have_data });
+        }
+    }
+
+    fn want(&self) -> Action {
+        Action::WantFrame {
+            state: self.state(),
+        }
+    }
+
+    fn on_command_name(&mut self, frame: Frame) -> Result<Action, ErrorKind> {
+        let id = frame.request_id;
+        if id % 2 == 0 {
+            return Err(ErrorKind::EvenRequestId);
+        }
+        match self.slots.get(&id) {
+            Some(Slot::Receiving(_)) => return Err(ErrorKind::IdStillReceiving),
+            Some(Slot::Active) => return Err(ErrorKind::IdStillActive),
+            Some(Slot::Discarding { .. }) | None => {}
+        }
+        let flags = frame.flags.bits();
+        let (have_args, have_data) = match flags {
+            Flags::EOS => (false, false),
+            f if f != 0 && f & !(Flags::HAVE_ARGS | Flags::HAVE_DATA) == 0 => {
+                (f & Flags::HAVE_ARGS != 0, f & Flags::HAVE_DATA != 0)
+            }
+            _ => {
+                self.slots.remove(&id);
+                return Err(ErrorKind::BadCommandFlags(format_flags(
+                    FrameType::COMMAND_NAME,
+                    frame.flags,
+                )));
+            }
+        };
+        if !have_args && !have_data {
+            self.slots.insert(id, Slot::Active);
+            self.active += 1;
+            return Ok(Action::RunCommand(Command {
+                request_id: id,
+                command: frame.payload,
+                args: Vec::new(),
+                data: None,
+            }));
+        }
+        if self.receiving >= self.limits.max_receiving {
+            return Err(ErrorKind::TooManyReceiving(self.limits.max_receiving));
+        }
+        let asm = Assembler {
+            command: frame.payload,
+            phase: if have_args {
+                Phase::Arguments
+            } else {
+                Phase::Data
+            },
+            have_data,
+            args: Vec::new(),
+            partial: None,
+            data: Chunks::Empty,
+            buffered: 0,
+        };
+        self.slots.insert(id, Slot::Receiving(Box::new(asm)));
+        self.receiving += 1;
+        Ok(self.want())
+    }
+
+    /// An argument, data or other known frame for a request already started.
+    fn on_continuing_frame(&mut self, frame: Frame) -> Result<Action, ErrorKind> {
+        let id = frame.request_id;
+        let asm = match self.slots.get_mut(&id) {
+            None | Some(Slot::Active) => return Err(ErrorKind::UnknownRequest(frame.frame_type)),
+            Some(Slot::Discarding { have_data }) => {
+                if is_last_frame(frame.frame_type, frame.flags, *have_data) {
+                    self.slots.remove(&id);
+                }
+                return Ok(Action::Noop);
+            }
+            Some(Slot::Receiving(asm)) => asm,
+        };
+        let len = frame.payload.len();
+        if asm.buffered + len > self.limits.max_request_bytes {
+            return Err(ErrorKind::RequestTooLarge(self.limits.max_request_bytes));
+        }
+        if self.buffered + len > self.limits.max_connection_bytes {
+            return Err(ErrorKind::ConnectionBufferFull(
+                self.limits.max_connection_bytes,
+            ));
+        }
+        let complete = match (frame.frame_type, asm.phase) {
+            (FrameType::COMMAND_ARGUMENT, Phase::Arguments) => {
+                asm.on_argument(frame, self.limits.max_args)?
+            }
+            (FrameType::COMMAND_DATA, Phase::Data) => asm.on_data(frame)?,
+            (got, phase) => {
+                let expected = match phase {
+                    Phase::Arguments => "command-argument",
+                    Phase::Data => "command-data",
+                };
+                return Err(ErrorKind::UnexpectedFrame { got, expected });
+            }
+        };
+        asm.buffered += len;
+        self.buffered += len;
+        if !complete {
+            return Ok(self.want());
+        }
+        let Some(Slot::Receiving(asm)) = self.slots.insert(id, Slot::Active) else {
+            unreachable!("slot was receiving")
+        };
+        self.receiving -= 1;
+        self.active += 1;
+        self.buffered -= asm.buffered;
+        let data = if asm.have_data {
+            Some(asm.data.finish())
+        } else {
+            None
+        };
+        Ok(Action::RunCommand(Command {
+            request_id: id,
+            command: asm.command,
+            args: asm.args,
+            data,
+        }))
+    }
+
+    /// Tells the reactor that the response of `request_id` has been sent in
+    /// full (its last frame written): the ID may be used again.
+    pub fn on_response_finished(&mut self, request_id: u16) {
+        if let Some(Slot::Active) = self.slots.get(&request_id) {
+            self.slots.remove(&request_id);
+            self.active -= 1;
+        }
+    }
+
+    /// A complete bytes response for an active request: its frames to send
+    /// now, or (when deferring output) kept for [`ServerReactor::on_input_eof`].
+    /// The request's ID is freed.
+    pub fn on_bytes_response(&mut self, request_id: u16, data: Bytes) -> Action {
+        let frames =
+            crate::builder::bytes_response_frames(request_id, data, self.limits.max_send_payload);
+        self.respond(request_id, frames)
+    }
+
+    /// An application error for an active request, as
+    /// [`ServerReactor::on_bytes_response`] does for bytes.
+    pub fn on_application_error(&mut self, request_id: u16, message: &str) -> Action {
+        let frame = error_response_frame(
+            request_id,
+            ErrorFlag::Application,
+            message,
+            self.limits.max_send_payload,
+        );
+        self.respond(request_id, vec![frame])
+    }
+
+    fn respond(&mut self, request_id: u16, frames: Vec<Frame>) -> Action {
+        self.on_response_finished(request_id);
+        if self.defer_output && !self.input_ended {
+            self.deferred.extend(frames);
+            Action::Noop
+        } else {
+            Action::SendFrames(frames)
+        }
+    }
+
+    /// Tells the reactor that the input has ended.
+    ///
+    /// Every request still arriving is reported: without deferred output as
+    /// one [`ErrorKind::IncompleteAtEof`] error listing them (send
+    /// [`ReactorError::frames`]); with deferred output, their error frames
+    /// follow the kept responses in one [`Action::SendFrames`]. Otherwise
+    /// [`Action::Noop`].
+    pub fn on_input_eof(&mut self) -> Action {
+        self.input_ended = true;
+        let mut incomplete: Vec<(u16, &'static str)> = self
+            .slots
+            .iter()
+            .filter_map(|(id, slot)| match slot {
+                Slot::Receiving(asm) => Some((*id, asm.phase.describe())),
+                _ => None,
+            })
+            .collect();
+        incomplete.sort_unstable();
+        for (id, _) in &incomplete {
+            self.slots.remove(id);
+        }
+        self.slots
+            .retain(|_, slot| !matches!(slot, Slot::Discarding { .. }));
+        self.receiving = 0;
+        self.buffered = 0;
+        let error = (!incomplete.is_empty()).then(|| ReactorError {
+            request_id: incomplete[0].0,
+            kind: ErrorKind::IncompleteAtEof(incomplete),
+        });
+        if self.defer_output {
+            let mut frames = std::mem::take(&mut self.deferred);
+            if let Some(error) = error {
+                frames.extend(error.frames(self.limits.max_send_payload));
+            }
+            if !frames.is_empty() {
+                return Action::SendFrames(frames);
+            }
+            return Action::Noop;
+        }
+        match error {
+            Some(error) => Action::Error(error),
+            None => Action::Noop,
+        }
+    }
+}
+
+/// Whether a frame would be the last of its request.
+fn is_last_frame(frame_type: FrameType, flags: Flags, have_data: bool) -> bool {
+    match frame_type {
+        FrameType::COMMAND_NAME => flags.contains(Flags::EOS),
+        FrameType::COMMAND_ARGUMENT => !have_data && flags.contains(Flags::EOA),
+        FrameType::COMMAND_DATA => flags.contains(Flags::DATA_EOS),
+        _ => false,
+    }
+}
+
+impl Assembler {
+    /// Takes one argument frame; `Ok(true)` when the command is complete.
+    fn on_argument(&mut self, frame: Frame, max_args: usize) -> Result<bool, ErrorKind> {
+        let flags = frame.flags;
+        if flags.contains(Flags::CONTINUATION | Flags::EOA) {
+            return Err(ErrorKind::BadArgumentFlags);
+        }
+        let mut payload = frame.payload;
+        let mut partial = match self.partial.take() {
+            Some(partial) => partial,
+            None => {
+                if payload.len() < 4 {
+                    return Err(ErrorKind::ArgumentHeaderTooShort(payload.len()));
+                }
+                let name_len = usize::from(payload.get_u16_le());
+                let declared = usize::from(payload.get_u16_le());
+                if payload.len() < name_len {
+                    return Err(ErrorKind::PartialArgumentName {
+                        declared: name_len,
+                        have: payload.len(),
+                    });
+                }
+                let name = payload.split_to(name_len);
+                if self.args.iter().any(|(n, _)| *n == name) {
+                    return Err(ErrorKind::DuplicateArgument(
+                        String::from_utf8_lossy(&name).into_owned(),
+                    ));
+                }
+                if self.args.len() >= max_args {
+                    return Err(ErrorKind::TooManyArguments(max_args));
+                }
+                // Common case: the whole value is in this one frame; keep it without a copy.
+                if !flags.contains(Flags::CONTINUATION) && payload.len() == declared {
+                    self.args.push((name, payload));
+                    return Ok(self.after_argument(flags));
+                }
+                PartialArg {
+                    name,
+                    declared,
+                    value: BytesMut::new(),
+                }
+            }
+        };
+        let have = partial.value.len() + payload.len();
+        let name = || String::from_utf8_lossy(&partial.name).into_owned();
+        if have > partial.declared {
+            return Err(ErrorKind::ArgumentValueTooLong {
+                name: name(),
+                declared: partial.declared,
+                have,
+            });
+        }
+        let continues = flags.contains(Flags::CONTINUATION);
+        if have < partial.declared && !continues {
+            return Err(ErrorKind::PartialArgumentValue {
+                name: name(),
+                declared: partial.declared,
+                have,
+            });
+        }
+        if have == partial.declared && continues {
+            return Err(ErrorKind::NeedlessContinuation(name()));
+        }
+        partial.value.extend_from_slice(&payload);
+        if continues {
+            self.partial = Some(partial);
+            return Ok(false);
+        }
+        self.args.push((partial.name, partial.value.freeze()));
+        Ok(self.after_argument(flags))
+    }
+
+    /// After a whole argument: with `eoa`, move on to data or complete.
+    fn after_argument(&mut self, flags: Flags) -> bool {
+        if !flags.contains(Flags::EOA) {
+            return false;
+        }
+        if self.have_data {
+            self.phase = Phase::Data;
+            false
+        } else {
+            true
+        }
+    }
+
+    /// Takes one data frame; `Ok(true)` when the command is complete.
+    fn on_data(&mut self, frame: Frame) -> Result<bool, ErrorKind> {
+        let eos = match frame.flags.bits() {
+            Flags::CONTINUATION => false,
+            Flags::DATA_EOS => true,
+            _ => {
+                return Err(ErrorKind::BadDataFlags(format_flags(
+                    FrameType::COMMAND_DATA,
+                    frame.flags,
+                )))
+            }
+        };
+        if !frame.payload.is_empty() {
+            self.data.push(frame.payload);
+        }
+        Ok(eos)
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
