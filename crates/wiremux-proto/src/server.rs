@@ -696,6 +696,17 @@ impl ServerReactor {
         }
     }
 
+    /// Forgets every active request, because their responses will never be
+    /// sent (the connection is closing); returns how many there were.
+    pub fn abandon_active(&mut self) -> usize {
+        let abandoned = self.active;
+        if abandoned > 0 {
+            self.slots.retain(|_, slot| !matches!(slot, Slot::Active));
+            self.active = 0;
+        }
+        abandoned
+    }
+
     /// A complete bytes response for an active request: its frames to send
     /// now, or (when deferring output) kept for [`ServerReactor::on_input_eof`].
     /// The request's ID is freed.

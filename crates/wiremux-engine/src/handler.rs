@@ -1,0 +1,304 @@
+//! Commands: what a handler receives, what it returns, and the registry
+//! that maps command names to handlers and permissions.
+//!
+//! A handler is an `async fn(Request) -> Result<Response, CommandError>`, or
+//! a tower `Service<Request>` with the same response and error types. A
+//! response is either whole bytes or a stream of chunks, each sent as soon
+//! as it is produced.
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, Stream, StreamExt};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// A complete command, as a handler sees it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The request ID on its connection.
+    pub request_id: u16,
+    /// The command name.
+    pub name: Bytes,
+    /// Arguments in arrival order (names are unique).
+    pub args: Vec<(Bytes, Bytes)>,
+    /// The command's data, if it sent any.
+    pub data: Option<Bytes>,
+}
+
+impl Request {
+    /// A request with no arguments and no data (for tests and embedding).
+    pub fn new(name: impl Into<Bytes>) -> Request {
+        Request {
+            request_id: 1,
+            name: name.into(),
+            args: Vec::new(),
+            data: None,
+        }
+    }
+
+    /// Adds an argument.
+    pub fn with_arg(mut self, name: impl Into<Bytes>, value: impl Into<Bytes>) -> Request {
+        self.args.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the data.
+    pub fn with_data(mut self, data: impl Into<Bytes>) -> Request {
+        self.data = Some(data.into());
+        self
+    }
+
+    /// The command name as text (lossy for non-UTF-8 names).
+    pub fn name(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.name)
+    }
+
+    /// The raw value of argument `name`.
+    pub fn arg(&self, name: &str) -> Option<&Bytes> {
+        self.args
+            .iter()
+            .find(|(n, _)| n == name.as_bytes())
+            .map(|(_, v)| v)
+    }
+
+    /// The value of a required argument as UTF-8 text; an error naming the
+    /// argument if it is missing or not text.
+    pub fn arg_str(&self, name: &str) -> Result<&str, CommandError> {
+        let raw = self
+            .arg(name)
+            .ok_or_else(|| CommandError::new(format!("missing argument: {name}")))?;
+        std::str::from_utf8(raw)
+            .map_err(|_| CommandError::new(format!("malformed argument {name}: not UTF-8 text")))
+    }
+
+    /// A required argument parsed with `FromStr`; an error naming the
+    /// argument if it is missing or does not parse.
+    ///
+    /// ```
+    /// # use wiremux_engine::Request;
+    /// let req = Request::new("sleep").with_arg("ms", "x5");
+    /// assert_eq!(req.arg_parse::<u64>("ms").unwrap_err().to_string(), "malformed argument ms: `x5` is not a valid value");
+    /// assert_eq!(req.arg_parse::<u64>("us").unwrap_err().to_string(), "missing argument: us");
+    /// ```
+    pub fn arg_parse<T: FromStr>(&self, name: &str) -> Result<T, CommandError> {
+        let text = self.arg_str(name)?;
+        text.parse().map_err(|_| {
+            CommandError::new(format!(
+                "malformed argument {name}: `{text}` is not a valid value"
+            ))
+        })
+    }
+
+    /// The data, or empty bytes if none was sent.
+    pub fn data(&self) -> Bytes {
+        self.data.clone().unwrap_or_default()
+    }
+}
+
+/// The body of a response.
+pub enum Body {
+    /// The whole response at once.
+    Bytes(Bytes),
+    /// Chunks, each sent as soon as it is produced. An error ends the
+    /// response with an application error-response.
+    Stream(BoxStream<'static, Result<Bytes, CommandError>>),
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Body::Bytes(b) => f.debug_tuple("Bytes").field(&b.len()).finish(),
+            Body::Stream(_) => f.write_str("Stream(..)"),
+        }
+    }
+}
+
+/// A handler's successful answer.
+#[derive(Debug)]
+pub struct Response {
+    /// What to send back.
+    pub body: Body,
+}
+
+impl Response {
+    /// A response of whole bytes.
+    pub fn bytes(body: impl Into<Bytes>) -> Response {
+        Response {
+            body: Body::Bytes(body.into()),
+        }
+    }
+
+    /// A streamed response.
+    pub fn stream(
+        chunks: impl Stream<Item = Result<Bytes, CommandError>> + Send + 'static,
+    ) -> Response {
+        Response {
+            body: Body::Stream(chunks.boxed()),
+        }
+    }
+}
+
+/// A command's failure: sent to the client as an `application`
+/// error-response carrying the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CommandError {
+    message: String,
+}
+
+impl CommandError {
+    /// An error with a message for the client.
+    pub fn new(message: impl Into<String>) -> CommandError {
+        CommandError {
+            message: message.into(),
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// What a command may do, checked against the connection's or URL's access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Permission {
+    /// Reads state only: allowed everywhere.
+    Read,
+    /// Changes state: refused on read-only connections and `ro` URLs.
+    Write,
+}
+
+/// The future a handler returns.
+pub type HandlerFuture = BoxFuture<'static, Result<Response, CommandError>>;
+
+/// Something that runs a command. Implemented for async functions and
+/// closures `Fn(Request) -> impl Future<Output = Result<Response, CommandError>>`;
+/// wrap a tower service in [`ServiceHandler`].
+pub trait Handler: Send + Sync + 'static {
+    /// Starts the command.
+    fn call(&self, request: Request) -> HandlerFuture;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response, CommandError>> + Send + 'static,
+{
+    fn call(&self, request: Request) -> HandlerFuture {
+        self(request).boxed()
+    }
+}
+
+/// A tower `Service` used as a handler: cloned per request, then driven to
+/// readiness and called, so tower middleware (timeouts, limits) applies.
+#[derive(Debug, Clone)]
+pub struct ServiceHandler<S>(pub S);
+
+impl<S> Handler for ServiceHandler<S>
+where
+    S: tower_service::Service<Request, Response = Response, Error = CommandError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    fn call(&self, request: Request) -> HandlerFuture {
+        let mut service = self.0.clone();
+        async move {
+            futures::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+            service.call(request).await
+        }
+        .boxed()
+    }
+}
+
+/// One registered command.
+#[derive(Clone)]
+pub(crate) struct Entry {
+    pub(crate) permission: Permission,
+    pub(crate) handler: Arc<dyn Handler>,
+}
+
+/// The set of commands a server runs, by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    commands: HashMap<Bytes, Entry>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<_> = self
+            .commands
+            .keys()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        names.sort();
+        f.debug_struct("Registry")
+            .field("commands", &names)
+            .finish()
+    }
+}
+
+/// Why a command cannot run on this connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No command of that name.
+    #[error("unknown command: {0}")]
+    Unknown(String),
+    /// A write command where only reads are allowed.
+    #[error("permission denied: {0} needs write access and this connection is read-only")]
+    ReadOnly(String),
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Registers `handler` as `name` with a permission.
+    pub fn insert(&mut self, name: &str, permission: Permission, handler: impl Handler) {
+        let entry = Entry {
+            permission,
+            handler: Arc::new(handler),
+        };
+        self.commands
+            .insert(Bytes::copy_from_slice(name.as_bytes()), entry);
+    }
+
+    /// The permission of a command, if registered.
+    pub fn permission(&self, name: &[u8]) -> Option<Permission> {
+        self.commands.get(name).map(|e| e.permission)
+    }
+
+    /// Looks up a command and checks it against the granted access.
+    pub(crate) fn resolve(&self, name: &[u8], granted: Permission) -> Result<&Entry, Refusal> {
+        let text = || String::from_utf8_lossy(name).into_owned();
+        let entry = self
+            .commands
+            .get(name)
+            .ok_or_else(|| Refusal::Unknown(text()))?;
+        if entry.permission > granted {
+            return Err(Refusal::ReadOnly(text()));
+        }
+        Ok(entry)
+    }
+
+    /// Checks a command against the granted access without running it.
+    pub fn check(&self, name: &[u8], granted: Permission) -> Result<Permission, Refusal> {
+        self.resolve(name, granted).map(|e| e.permission)
+    }
+
+    /// Runs a command through its handler, after the permission check.
+    /// This is the one path to a handler: every transport calls it.
+    pub fn start(&self, request: Request, granted: Permission) -> Result<HandlerFuture, Refusal> {
+        let entry = self.resolve(&request.name, granted)?;
+        Ok(entry.handler.call(request))
+    }
+}

@@ -1,0 +1,278 @@
+//! The server: a registry of commands, the settings, and the loops that
+//! accept connections and hand each to its own [`Connection`] task.
+
+use crate::config::Config;
+use crate::connection::Connection;
+use crate::handler::{Handler, Permission, Registry, ServiceHandler};
+use crate::stats::{Stats, StatsSnapshot};
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// What every connection of a server shares. Read-only but for the
+/// counters and the server-wide slots.
+pub(crate) struct Shared {
+    pub(crate) registry: Registry,
+    pub(crate) config: Config,
+    pub(crate) stats: Stats,
+    /// Server-wide slots for handlers running in the background.
+    pub(crate) executing: Arc<Semaphore>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// Builds a [`Server`].
+///
+/// ```
+/// use wiremux_engine::{CommandError, Permission, Request, Response, Server};
+///
+/// async fn hello(req: Request) -> Result<Response, CommandError> {
+///     let who = req.arg_str("who")?;
+///     Ok(Response::bytes(format!("hello, {who}")))
+/// }
+///
+/// let server = Server::builder()
+///     .command("hello", Permission::Read, hello)
+///     .read_only(true)
+///     .build();
+/// assert_eq!(server.stats().connections_open, 0);
+/// ```
+#[derive(Default)]
+pub struct ServerBuilder {
+    registry: Registry,
+    config: Config,
+}
+
+impl ServerBuilder {
+    /// Registers an async function or closure as command `name`.
+    pub fn command(
+        mut self,
+        name: &str,
+        permission: Permission,
+        handler: impl Handler,
+    ) -> ServerBuilder {
+        self.registry.insert(name, permission, handler);
+        self
+    }
+
+    /// Registers a tower `Service` as command `name`.
+    pub fn service<S>(self, name: &str, permission: Permission, service: S) -> ServerBuilder
+    where
+        ServiceHandler<S>: Handler,
+    {
+        self.command(name, permission, ServiceHandler(service))
+    }
+
+    /// Uses a prepared registry (its commands replace those added so far).
+    pub fn registry(mut self, registry: Registry) -> ServerBuilder {
+        self.registry = registry;
+        self
+    }
+
+    /// Replaces all settings.
+    pub fn config(mut self, config: Config) -> ServerBuilder {
+        self.config = config;
+        self
+    }
+
+    /// Refuses write commands on every connection.
+    pub fn read_only(mut self, read_only: bool) -> ServerBuilder {
+        self.config.read_only = read_only;
+        self
+    }
+
+    /// Cancels handlers that run longer than `deadline`.
+    pub fn request_deadline(mut self, deadline: Duration) -> ServerBuilder {
+        self.config.request_deadline = Some(deadline);
+        self
+    }
+
+    /// Requests in flight per connection before it stops reading.
+    pub fn max_executing(mut self, max: usize) -> ServerBuilder {
+        self.config.max_executing = max;
+        self
+    }
+
+    /// Sends responses in request order (a baseline for comparisons).
+    pub fn in_order(mut self, in_order: bool) -> ServerBuilder {
+        self.config.in_order = in_order;
+        self
+    }
+
+    /// The server.
+    pub fn build(self) -> Server {
+        let executing = Arc::new(Semaphore::new(
+            self.config.max_server_executing.min(Semaphore::MAX_PERMITS),
+        ));
+        Server {
+            shared: Arc::new(Shared {
+                registry: self.registry,
+                config: self.config,
+                stats: Stats::default(),
+                executing,
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+}
+
+/// A wiremux server. Cheap to clone; clones share commands, settings,
+/// counters and shutdown.
+#[derive(Clone)]
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("registry", &self.shared.registry)
+            .field("config", &self.shared.config)
+            .finish()
+    }
+}
+
+impl Server {
+    /// A builder with no commands and default settings.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The commands.
+    pub fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    /// A copy of the counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// The access granted to connections: read-only or read-write.
+    pub fn granted(&self) -> Permission {
+        if self.shared.config.read_only {
+            Permission::Read
+        } else {
+            Permission::Write
+        }
+    }
+
+    /// Starts a graceful shutdown: listeners stop accepting, connections
+    /// stop taking new requests, requests in flight get
+    /// [`Config::drain_timeout`] to finish, then everything closes.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    /// Whether [`Server::shutdown`] has been called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutdown.is_cancelled()
+    }
+
+    /// Serves one connection over any byte stream (a socket, a pipe pair,
+    /// stdin/stdout) until the peer is done or the server shuts down.
+    pub async fn serve_io<IO>(&self, io: IO) -> io::Result<()>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.shared.stats.connection_opened();
+        let result = Connection::new(io, self.shared.clone()).run().await;
+        self.shared.stats.connection_closed();
+        result
+    }
+
+    /// Accepts TCP connections until shutdown, then drains them.
+    pub async fn serve_tcp(&self, listener: TcpListener) -> io::Result<()> {
+        self.accept_loop(|| async {
+            let (stream, peer) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            Ok((stream, peer.to_string()))
+        })
+        .await
+    }
+
+    /// Accepts Unix-socket connections until shutdown, then drains them.
+    pub async fn serve_unix(&self, listener: UnixListener) -> io::Result<()> {
+        self.accept_loop(|| async {
+            let (stream, _) = listener.accept().await?;
+            Ok((stream, "unix".to_string()))
+        })
+        .await
+    }
+
+    async fn accept_loop<IO, F, Fut>(&self, mut accept: F) -> io::Result<()>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = io::Result<(IO, String)>>,
+    {
+        let slots = Arc::new(Semaphore::new(self.shared.config.max_connections));
+        let mut connections = JoinSet::new();
+        loop {
+            // Wait for a connection slot before accepting: when full, new
+            // peers wait in the listen queue.
+            let slot = tokio::select! {
+                slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+                _ = self.shared.shutdown.cancelled() => break,
+            };
+            let accepted = tokio::select! {
+                accepted = accept() => accepted,
+                _ = self.shared.shutdown.cancelled() => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            };
+            let (io, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(err) if is_transient(&err) => {
+                    tracing::warn!(%err, "accept failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            let server = self.clone();
+            let span = tracing::debug_span!("connection", %peer);
+            connections.spawn(
+                async move {
+                    if let Err(err) = server.serve_io(io).await {
+                        tracing::debug!(%err, "connection ended with an error");
+                    }
+                    drop(slot);
+                }
+                .instrument(span),
+            );
+            // Reap finished connections so the set does not grow.
+            while connections.try_join_next().is_some() {}
+        }
+        // Shutdown: connections drain on their own within the drain
+        // timeout; give them a little longer, then stop what is left.
+        let grace = self.shared.config.drain_timeout + Duration::from_secs(1);
+        let drained = tokio::time::timeout(grace, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            connections.abort_all();
+        }
+        Ok(())
+    }
+}
+
+/// Accept errors that concern one peer or a passing shortage, not the
+/// listener.
+fn is_transient(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+    ) || err.raw_os_error() == Some(24) // EMFILE: too many open files
+        || err.raw_os_error() == Some(23) // ENFILE
+}
