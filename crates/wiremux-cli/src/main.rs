@@ -6,7 +6,10 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod frame;
+mod load;
 mod reflect;
+mod send;
+mod serve;
 
 /// One connection, many requests in flight: tools for Mercurial's frame protocol.
 #[derive(Parser)]
@@ -22,6 +25,12 @@ enum Command {
     Frame(frame::Args),
     /// Read raw frames on stdin and print the server reactor's reflect report.
     Reflect(reflect::Args),
+    /// Serve the demo commands over TCP, a Unix socket or stdio.
+    Serve(serve::Args),
+    /// Send human-syntax frames to a server and print what comes back.
+    Send(send::Args),
+    /// Load-test a server (an embedded one by default) and report.
+    Load(load::Args),
 }
 
 /// An error for the user: printed as one line, exit code 1.
@@ -32,6 +41,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Frame(args) => frame::run(args),
         Command::Reflect(args) => reflect::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Send(args) => send::run(args),
+        Command::Load(args) => load::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,125 @@
+//! `wiremux serve`: the demo commands over TCP, a Unix socket or stdio.
+
+use crate::CliResult;
+use std::path::PathBuf;
+use std::time::Duration;
+use wiremux_engine::{demo, Config, Server};
+
+/// Arguments of `wiremux serve`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// TCP address to listen on (default 127.0.0.1:7878 when no other
+    /// transport is given).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Unix socket path to listen on.
+    #[arg(long, value_name = "PATH")]
+    unix: Option<PathBuf>,
+    /// Serve one connection over stdin/stdout (as an SSH-style transport).
+    #[arg(long, conflicts_with_all = ["listen", "unix"])]
+    stdio: bool,
+    /// Refuse write commands (such as `put`) on every connection.
+    #[arg(long)]
+    read_only: bool,
+    /// Cancel a command that runs longer than this many milliseconds.
+    #[arg(long, value_name = "MS")]
+    deadline_ms: Option<u64>,
+    /// Requests in flight per connection before it stops reading.
+    #[arg(long, value_name = "N", default_value_t = Config::default().max_executing)]
+    max_executing: usize,
+    /// Send responses in request order (an in-order baseline).
+    #[arg(long)]
+    in_order: bool,
+    /// Seconds requests in flight may take to finish after Ctrl-C.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    drain_secs: u64,
+}
+
+pub fn run(args: Args) -> CliResult {
+    init_logging();
+    let mut config = Config {
+        read_only: args.read_only,
+        max_executing: args.max_executing,
+        in_order: args.in_order,
+        request_deadline: args.deadline_ms.map(Duration::from_millis),
+        drain_timeout: Duration::from_secs(args.drain_secs),
+        ..Config::default()
+    };
+    if args.stdio {
+        // One peer; idle connections are its business.
+        config.idle_timeout = None;
+    }
+    let server = Server::builder()
+        .registry(demo::registry())
+        .config(config)
+        .build();
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(serve(server, args.listen, args.unix, args.stdio))
+}
+
+async fn serve(
+    server: Server,
+    listen: Option<String>,
+    unix: Option<PathBuf>,
+    stdio: bool,
+) -> CliResult {
+    if stdio {
+        let io = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+        return server
+            .serve_io(io)
+            .await
+            .map_err(|e| format!("stdio connection: {e}"));
+    }
+    let listen = match (&listen, &unix) {
+        (None, None) => Some("127.0.0.1:7878".to_string()),
+        _ => listen,
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = listen {
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(%local, "listening on TCP");
+        eprintln!("wiremux: listening on {local}");
+        let s = server.clone();
+        tasks.spawn(async move {
+            s.serve_tcp(listener)
+                .await
+                .map_err(|e| format!("TCP listener: {e}"))
+        });
+    }
+    if let Some(path) = unix {
+        let listener = tokio::net::UnixListener::bind(&path)
+            .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+        eprintln!("wiremux: listening on {}", path.display());
+        let s = server.clone();
+        tasks.spawn(async move {
+            s.serve_unix(listener)
+                .await
+                .map_err(|e| format!("Unix listener: {e}"))
+        });
+    }
+    let s = server.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("wiremux: shutting down; draining requests in flight");
+            s.shutdown();
+        }
+    });
+    while let Some(result) = tasks.join_next().await {
+        result.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
+
+/// Logs to stderr through tracing; `RUST_LOG` picks the level (default: info).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
