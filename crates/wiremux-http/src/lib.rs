@@ -1,0 +1,1 @@
+//! The HTTP transport of wiremux (being written).
