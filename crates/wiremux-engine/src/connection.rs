@@ -50,6 +50,9 @@ const ROUNDS_PER_WAKE: usize = 32;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 16 << 10;
 
+/// How long a connection closed by a protocol error keeps draining input.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
 type Outcome = Result<Response, CommandError>;
 type PermitFuture = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>;
 
@@ -122,8 +125,12 @@ pub(crate) struct Connection<IO> {
     held: HashMap<u16, Outcome>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     drain_deadline: Option<Pin<Box<Sleep>>>,
+    linger: Option<Pin<Box<Sleep>>>,
     timer: Pin<Box<Sleep>>,
     timer_kind: Timer,
+    /// When a command last completed its assembly (for the assembly timeout).
+    last_command: Instant,
+    dispatched: bool,
     stats: LocalStats,
 }
 
@@ -170,8 +177,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             held: HashMap::new(),
             shutdown: Box::pin(shared.shutdown.clone().cancelled_owned()),
             drain_deadline: None,
+            linger: None,
             timer: Box::pin(tokio::time::sleep(config.assembly_timeout)),
             timer_kind: Timer::Off,
+            last_command: Instant::now(),
+            dispatched: false,
             stats: LocalStats::default(),
             shared,
         }
@@ -197,7 +207,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             let mut progress = self.poll_completions(cx);
             progress |= self.poll_permit(cx);
             progress |= self.poll_streams(cx);
-            self.fill_write_buffer();
+            progress |= self.fill_write_buffer();
             progress |= self.poll_write(cx)?;
             progress |= self.poll_read(cx)?;
             self.poll_timer(cx);
@@ -230,10 +240,41 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     }
 
     fn poll_flush_and_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(Pin::new(&mut self.io).poll_flush(cx))?;
-        // A peer that already went away cannot be told more: that is not an error here.
-        let _ = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
-        Poll::Ready(Ok(()))
+        if self.linger.is_none() {
+            ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+            // A peer that already went away cannot be told more: not an error here.
+            let _ = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
+            if self.read_state != ReadState::Failed {
+                return Poll::Ready(Ok(()));
+            }
+            // After a protocol error the peer may still be sending. Closing
+            // with unread input would reset the connection and could destroy
+            // the error frame before the peer reads it, so read and drop
+            // input until the peer closes, for a bounded time.
+            self.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+        }
+        loop {
+            if self
+                .linger
+                .as_mut()
+                .expect("set above")
+                .as_mut()
+                .poll(cx)
+                .is_ready()
+            {
+                return Poll::Ready(Ok(()));
+            }
+            self.rbuf.clear();
+            self.rbuf.reserve(READ_CHUNK);
+            match ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut self.io),
+                cx,
+                &mut self.rbuf
+            )) {
+                Ok(0) | Err(_) => return Poll::Ready(Ok(())),
+                Ok(_) => {}
+            }
+        }
     }
 
     /// Graceful shutdown: stop reading new requests, let the ones in flight
@@ -336,12 +377,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
 
     // ---- 3. framing queued responses, round robin ----
 
-    fn fill_write_buffer(&mut self) {
+    fn fill_write_buffer(&mut self) -> bool {
         let max = self.shared.config.max_send_payload;
+        let mut progress = false;
         while self.wbuf.len() < self.shared.config.write_high_water {
             let Some(id) = self.ring.pop_front() else {
                 break;
             };
+            progress = true;
             let out = self
                 .outgoing
                 .get_mut(&id)
@@ -382,6 +425,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 self.streams.push(stream.into_future());
             }
         }
+        progress
     }
 
     // ---- 4. writing ----
@@ -490,7 +534,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         match action {
             Action::RunCommand(command) => {
                 self.stats.requests_started += 1;
-                self.timer_kind = Timer::Off;
+                self.dispatched = true;
                 self.dispatch(command);
             }
             Action::Error(err) => self.on_reactor_error(err),
@@ -656,8 +700,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     // ---- timeouts ----
 
     /// Arms the one timer for what the connection is doing: assembling
-    /// requests (slowloris defence) or idling.
+    /// requests (slowloris defence) or idling. The assembly clock restarts
+    /// whenever a command completes; rather than resetting the timer for
+    /// each command, the timer checks that clock when it fires.
     fn poll_timer(&mut self, cx: &mut Context<'_>) {
+        if std::mem::take(&mut self.dispatched) {
+            self.last_command = Instant::now();
+        }
         let config = &self.shared.config;
         let want = if self.read_state != ReadState::Open {
             Timer::Off
@@ -673,30 +722,42 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         };
         if want != self.timer_kind {
             self.timer_kind = want;
-            let after = match want {
-                Timer::Assembly => config.assembly_timeout,
-                Timer::Idle => config.idle_timeout.unwrap_or_default(),
+            let at = match want {
+                Timer::Assembly => {
+                    // Assembly starts now: the clock runs from here.
+                    self.last_command = Instant::now();
+                    self.last_command + config.assembly_timeout
+                }
+                Timer::Idle => Instant::now() + config.idle_timeout.unwrap_or_default(),
                 Timer::Off => return,
             };
-            self.timer.as_mut().reset(Instant::now() + after);
+            self.timer.as_mut().reset(at);
         }
-        if self.timer_kind != Timer::Off && self.timer.as_mut().poll(cx).is_ready() {
-            match self.timer_kind {
-                Timer::Assembly => {
-                    let ms = config.assembly_timeout.as_millis();
-                    self.fail(
-                        0,
-                        &format!("request not complete within the assembly timeout of {ms} ms"),
-                    );
-                }
-                _ => {
-                    tracing::debug!("idle timeout");
-                    self.read_state = ReadState::Ended;
-                }
+        if self.timer_kind == Timer::Off || self.timer.as_mut().poll(cx).is_pending() {
+            return;
+        }
+        match self.timer_kind {
+            Timer::Assembly if self.last_command + config.assembly_timeout > Instant::now() => {
+                // Commands completed since the timer was armed: wait on.
+                let at = self.last_command + config.assembly_timeout;
+                self.timer.as_mut().reset(at);
+                let _ = self.timer.as_mut().poll(cx);
+                return;
             }
-            self.timer_kind = Timer::Off;
-            cx.waker().wake_by_ref();
+            Timer::Assembly => {
+                let ms = config.assembly_timeout.as_millis();
+                self.fail(
+                    0,
+                    &format!("request not complete within the assembly timeout of {ms} ms"),
+                );
+            }
+            _ => {
+                tracing::debug!("idle timeout");
+                self.read_state = ReadState::Ended;
+            }
         }
+        self.timer_kind = Timer::Off;
+        cx.waker().wake_by_ref();
     }
 
     /// Stops every handler of this connection; their requests will never
