@@ -239,6 +239,10 @@ pub enum ErrorKind {
     /// A frame other than command-name for an ID with no request.
     #[error("{0} frame for a request that was never started")]
     UnknownRequest(FrameType),
+    /// A frame other than command-name for an ID whose command is complete
+    /// and running (its response is not finished).
+    #[error("{0} frame for a request whose command is already complete")]
+    RequestComplete(FrameType),
     /// Too many requests receiving at once.
     #[error("more than {0} requests being received at once")]
     TooManyReceiving(usize),
@@ -325,6 +329,7 @@ impl ErrorKind {
             | IdStillReceiving
             | IdStillActive
             | UnknownRequest(_)
+            | RequestComplete(_)
             | TooManyReceiving(_)
             | ConnectionBufferFull(_)
             | AlreadyErrored => Scope::Connection,
@@ -632,7 +637,8 @@ impl ServerReactor {
     fn on_continuing_frame(&mut self, frame: Frame) -> Result<Action, ErrorKind> {
         let id = frame.request_id;
         let asm = match self.slots.get_mut(&id) {
-            None | Some(Slot::Active) => return Err(ErrorKind::UnknownRequest(frame.frame_type)),
+            None => return Err(ErrorKind::UnknownRequest(frame.frame_type)),
+            Some(Slot::Active) => return Err(ErrorKind::RequestComplete(frame.frame_type)),
             Some(Slot::Discarding { have_data }) => {
                 if is_last_frame(frame.frame_type, frame.flags, *have_data) {
                     self.slots.remove(&id);
@@ -784,10 +790,15 @@ impl ServerReactor {
     }
 }
 
-/// Whether a frame would be the last of its request.
+/// Whether a frame would be the last of its request. A command-name frame
+/// is the last only if it announces no arguments and no data, even when its
+/// flags are contradictory (`eos|have-args`): the frames it announced are
+/// then dropped rather than taken for frames of a request never started.
 fn is_last_frame(frame_type: FrameType, flags: Flags, have_data: bool) -> bool {
     match frame_type {
-        FrameType::COMMAND_NAME => flags.contains(Flags::EOS),
+        FrameType::COMMAND_NAME => {
+            flags.contains(Flags::EOS) && flags.bits() & (Flags::HAVE_ARGS | Flags::HAVE_DATA) == 0
+        }
         FrameType::COMMAND_ARGUMENT => !have_data && flags.contains(Flags::EOA),
         FrameType::COMMAND_DATA => flags.contains(Flags::DATA_EOS),
         _ => false,
