@@ -1,0 +1,320 @@
+//! `wiremux serve` and `wiremux send`, as a user runs them: real processes,
+//! real sockets, exact output.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wiremux");
+
+/// A `wiremux serve` process; killed on drop.
+struct Serve {
+    child: Child,
+    /// What it printed after "listening on ".
+    listening: String,
+}
+
+impl Serve {
+    fn start(args: &[&str]) -> Serve {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        let listening = loop {
+            line.clear();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "serve exited early"
+            );
+            if let Some(rest) = line.trim().strip_prefix("wiremux: listening on ") {
+                break rest.to_string();
+            }
+        };
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Serve { child, listening }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn send(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("send")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn lines(out: &Output) -> Vec<String> {
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+#[test]
+fn send_prints_responses_as_they_finish() {
+    let serve = Serve::start(&["--listen", "127.0.0.1:0"]);
+    let out = send(
+        &["--connect", &serve.listening],
+        "# a slow command first, then two fast ones\n\
+         1 command-name have-args sleep\n\
+         1 command-argument eoa \\x02\\x00\\x03\\x00ms300\n\
+         3 command-name have-data echo\n\
+         3 command-data eos hello\n\
+         \n\
+         5 command-name have-args get\n\
+         5 command-argument eoa \\x03\\x00\\x04\\x00keynone\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = lines(&out);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(
+        got[2], "1 bytes-response eos 300",
+        "the sleep finishes last"
+    );
+    let mut fast = got[..2].to_vec();
+    fast.sort();
+    assert_eq!(
+        fast,
+        [
+            "3 bytes-response eos hello",
+            "5 error-response application no such key: none"
+        ]
+    );
+}
+
+#[test]
+fn lines_can_be_given_as_arguments() {
+    let serve = Serve::start(&["--listen", "127.0.0.1:0"]);
+    let out = send(
+        &["--connect", &serve.listening, "1 command-name eos nope"],
+        "",
+    );
+    assert_eq!(
+        lines(&out),
+        ["1 error-response application unknown command: nope"]
+    );
+}
+
+#[test]
+fn read_only_refuses_writes_and_they_have_no_effect() {
+    let serve = Serve::start(&["--listen", "127.0.0.1:0", "--read-only"]);
+    let out = send(
+        &[
+            "--connect",
+            &serve.listening,
+            "1 command-name have-args|have-data put",
+            r"1 command-argument eoa \x03\x00\x01\x00keyk",
+            "1 command-data eos value",
+        ],
+        "",
+    );
+    assert_eq!(lines(&out), ["1 error-response application permission denied: put needs write access and this connection is read-only"]);
+    let out = send(
+        &[
+            "--connect",
+            &serve.listening,
+            "1 command-name have-args get",
+            r"1 command-argument eoa \x03\x00\x01\x00keyk",
+        ],
+        "",
+    );
+    assert_eq!(lines(&out), ["1 error-response application no such key: k"]);
+}
+
+#[test]
+fn writes_work_without_read_only() {
+    let serve = Serve::start(&["--listen", "127.0.0.1:0"]);
+    let put = send(
+        &[
+            "--connect",
+            &serve.listening,
+            "1 command-name have-args|have-data put",
+            r"1 command-argument eoa \x03\x00\x01\x00keyk",
+            "1 command-data eos value",
+        ],
+        "",
+    );
+    assert_eq!(lines(&put), ["1 bytes-response eos ok"]);
+    let get = send(
+        &[
+            "--connect",
+            &serve.listening,
+            "1 command-name have-args get",
+            r"1 command-argument eoa \x03\x00\x01\x00keyk",
+        ],
+        "",
+    );
+    assert_eq!(lines(&get), ["1 bytes-response eos value"]);
+}
+
+#[test]
+fn a_protocol_error_is_printed_and_ends_the_exchange() {
+    let serve = Serve::start(&["--listen", "127.0.0.1:0"]);
+    let out = send(
+        &["--connect", &serve.listening, "2 command-name eos echo"],
+        "",
+    );
+    assert!(out.status.success());
+    assert_eq!(
+        lines(&out),
+        ["2 error-response protocol request 2: a client command must use an odd request ID"]
+    );
+}
+
+#[test]
+fn unix_socket_transport() {
+    let dir = std::env::temp_dir().join(format!("wiremux-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("serve.sock");
+    let _ = std::fs::remove_file(&path);
+    let serve = Serve::start(&["--unix", path.to_str().unwrap()]);
+    assert_eq!(serve.listening, path.to_str().unwrap());
+    let out = send(
+        &[
+            "--unix",
+            path.to_str().unwrap(),
+            "7 command-name have-data echo",
+            "7 command-data eos over unix",
+        ],
+        "",
+    );
+    assert_eq!(lines(&out), ["7 bytes-response eos over unix"]);
+    drop(serve);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn stdio_transport_serves_one_connection_until_stdin_ends() {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--stdio"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = Vec::new();
+    for line in [
+        "1 command-name have-data echo",
+        "1 command-data eos piped",
+        "3 command-name have-args blob",
+        r"3 command-argument eoa \x04\x00\x03\x00size300",
+    ] {
+        wiremux_proto::human::parse_frame(line)
+            .unwrap()
+            .encode(&mut input);
+    }
+    child.stdin.take().unwrap().write_all(&input).unwrap(); // stdin closes here
+    let mut output = Vec::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut output)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let frames = wiremux_proto::decode_all(&output).unwrap();
+    assert_eq!(
+        wiremux_proto::human::format_frame(&frames[0]),
+        "1 bytes-response eos piped"
+    );
+    let blob: Vec<u8> = frames[1..]
+        .iter()
+        .flat_map(|f| f.payload.to_vec())
+        .collect();
+    assert_eq!(blob, (0..300).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    assert!(frames[1..].iter().all(|f| f.request_id == 3));
+}
+
+#[test]
+fn send_times_out_with_a_clear_message() {
+    let serve = Serve::start(&["--listen", "127.0.0.1:0"]);
+    let out = send(
+        &[
+            "--connect",
+            &serve.listening,
+            "--timeout",
+            "0.3",
+            "1 command-name have-args sleep",
+            r"1 command-argument eoa \x02\x00\x04\x00ms5000",
+        ],
+        "",
+    );
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out),
+        "wiremux: timed out after 0.3 s waiting for responses\n"
+    );
+}
+
+#[test]
+fn send_reports_bad_input_and_unreachable_servers() {
+    let out = send(&["--connect", "127.0.0.1:1", "1 command-name eos echo"], "");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).starts_with("wiremux: cannot connect to 127.0.0.1:1: "),
+        "{}",
+        stderr(&out)
+    );
+    let out = send(
+        &[
+            "--connect",
+            "127.0.0.1:1",
+            "1 command-name eos echo",
+            "1 command-nam eos x",
+        ],
+        "",
+    );
+    assert_eq!(stderr(&out), "wiremux: argument 2: type: `command-nam` is not a frame type name or a number from 0 to 15\n");
+    let out = send(
+        &["--connect", "127.0.0.1:1"],
+        "1 command-name eos echo\nbogus\n",
+    );
+    assert_eq!(
+        stderr(&out),
+        "wiremux: line 2: request id: `bogus` is not a number from 0 to 65535\n"
+    );
+    assert!(!out.status.success());
+}
+
+#[test]
+fn serve_reports_an_address_it_cannot_use() {
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "not-an-address"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        text.contains("wiremux: cannot listen on not-an-address: "),
+        "{text}"
+    );
+    assert!(!text.contains("panicked"));
+}
