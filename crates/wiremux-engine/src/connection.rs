@@ -40,6 +40,7 @@ use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use wiremux_proto::builder::{encode_bytes_response, error_response_frame, ErrorFlag};
+use wiremux_proto::codec::Truncation;
 use wiremux_proto::server::{Action, Command, ReactorError, Scope, ServerReactor};
 use wiremux_proto::{CodecError, Frame, FrameCodec};
 
@@ -514,8 +515,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     }
 
     fn codec_error(&mut self, err: CodecError) {
+        // Name the request whose frame was at fault when the header said.
         let request_id = match &err {
-            CodecError::FrameTooLarge { request_id, .. } => *request_id,
+            CodecError::FrameTooLarge { request_id, .. }
+            | CodecError::Truncated(Truncation::Payload { request_id, .. }) => *request_id,
             _ => 0,
         };
         tracing::debug!(%err, "protocol error");
