@@ -496,10 +496,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                     self.stats.bytes_in += n as u64;
                     progress = true;
                 }
-                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
-                    self.end_input();
-                    return Ok(true);
-                }
+                // A reset included: the peer is gone and can be sent
+                // nothing more, so its handlers are cancelled, not awaited.
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => break,
             }
