@@ -576,9 +576,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             args,
             data,
         };
-        let mut fut = match self.shared.registry.start(request, self.granted) {
-            Ok(fut) => fut,
-            Err(refusal) => return self.deliver(id, Err(CommandError::new(refusal.to_string()))),
+        // `Handler::call` is user code too: a closure may panic before it
+        // returns its future.
+        let registry = &self.shared.registry;
+        let started =
+            std::panic::catch_unwind(AssertUnwindSafe(|| registry.start(request, self.granted)));
+        let mut fut = match started {
+            Ok(Ok(fut)) => fut,
+            Ok(Err(refusal)) => {
+                return self.deliver(id, Err(CommandError::new(refusal.to_string())))
+            }
+            Err(panic) => return self.deliver(id, Err(panicked(&panic))),
         };
         let waker = futures::task::noop_waker();
         let mut noop = Context::from_waker(&waker);
