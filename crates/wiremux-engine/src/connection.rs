@@ -671,8 +671,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 body: Body::Stream(stream),
             }) => {
                 self.outgoing.insert(id, Outgoing::default());
-                self.streams
-                    .push(Tagged { id, inner: stream }.into_future());
+                // The stream is polled on this task: a panic in it must end
+                // its response with an error, not the connection.
+                let inner = AssertUnwindSafe(stream)
+                    .catch_unwind()
+                    .map(|item| item.unwrap_or_else(|panic| Err(panicked(&panic))))
+                    .boxed();
+                self.streams.push(Tagged { id, inner }.into_future());
             }
         }
     }
