@@ -175,8 +175,11 @@ impl Raw {
     /// The next `n` frames in human syntax.
     pub async fn lines(&mut self, n: usize) -> Vec<String> {
         let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            out.push(self.line().await);
+        while out.len() < n {
+            match self.frame().await {
+                Some(frame) => out.push(format_frame(&frame)),
+                None => panic!("connection closed after {out:?}; expected {n} frames"),
+            }
         }
         out
     }

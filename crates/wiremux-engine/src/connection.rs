@@ -722,7 +722,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             self.last_command = Instant::now();
         }
         let config = &self.shared.config;
-        let want = if self.read_state != ReadState::Open {
+        // While the reader is paused (backpressure) the wait is the
+        // server's, not a slow client's: frames may sit unread in the buffer.
+        let want = if !self.may_read() {
             Timer::Off
         } else if self.reactor.receiving() > 0 || !self.rbuf.is_empty() {
             Timer::Assembly
