@@ -15,11 +15,15 @@ use wiremux_proto::{Flags, Frame, FrameCodec, FrameType};
 #[derive(clap::Args)]
 pub struct Args {
     /// TCP address of the server.
-    #[arg(long, value_name = "ADDR", required_unless_present = "unix")]
+    #[arg(long, value_name = "ADDR", required_unless_present_any = ["unix", "http"])]
     connect: Option<String>,
     /// Unix socket path of the server.
     #[arg(long, value_name = "PATH", conflicts_with = "connect")]
     unix: Option<PathBuf>,
+    /// POST the frames to this URL of the HTTP API instead (such as
+    /// http://127.0.0.1:8080/api/exp-http-v2-0001/ro/multirequest).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["connect", "unix"])]
+    http: Option<String>,
     /// Give up after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     timeout: f64,
@@ -37,7 +41,9 @@ pub fn run(args: Args) -> CliResult {
         Duration::try_from_secs_f64(args.timeout).map_err(|e| format!("--timeout: {e}"))?;
     runtime.block_on(async {
         let exchange = async {
-            if let Some(path) = &args.unix {
+            if let Some(url) = &args.http {
+                post(url, &frames).await
+            } else if let Some(path) = &args.unix {
                 let stream = tokio::net::UnixStream::connect(path)
                     .await
                     .map_err(|e| format!("cannot connect to {}: {e}", path.display()))?;
@@ -75,6 +81,30 @@ pub fn read_frames(lines: &[String]) -> Result<Vec<Frame>, String> {
         frames.push(parse_frame(&line).map_err(|e| format!("line {}: {e}", n + 1))?);
     }
     Ok(frames)
+}
+
+/// Posts the frames over HTTP and prints the answer: frames in human
+/// syntax as they arrive, or a text body (debugreflect). A status other
+/// than 200 is an error carrying the server's text.
+async fn post(url: &str, frames: &[Frame]) -> CliResult {
+    let mut response = wiremux_http::HttpClient::new()
+        .post_frames(url, frames)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    if !response.has_frames() {
+        let text = response.text().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("HTTP {status}: {}", text.trim_end()));
+        }
+        print!("{text}");
+        return Ok(());
+    }
+    while let Some(frame) = response.next_frame().await.map_err(|e| e.to_string())? {
+        writeln!(std::io::stdout().lock(), "{}", format_frame(&frame))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Writes the frames, then prints responses until every request started

@@ -1,4 +1,5 @@
-//! `wiremux serve`: the demo commands over TCP, a Unix socket or stdio.
+//! `wiremux serve`: the demo commands over TCP, a Unix socket, stdio or
+//! HTTP (Mercurial's HTTP API version 2).
 
 use crate::CliResult;
 use std::path::PathBuf;
@@ -15,8 +16,15 @@ pub struct Args {
     /// Unix socket path to listen on.
     #[arg(long, value_name = "PATH")]
     unix: Option<PathBuf>,
+    /// Address for the HTTP API (under /api/exp-http-v2-0001/), alone or
+    /// beside --listen and --unix: same commands, same worker pool.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Turn on the HTTP API's debugreflect URL (off by default).
+    #[arg(long, requires = "http")]
+    http_debugreflect: bool,
     /// Serve one connection over stdin/stdout (as an SSH-style transport).
-    #[arg(long, conflicts_with_all = ["listen", "unix"])]
+    #[arg(long, conflicts_with_all = ["listen", "unix", "http"])]
     stdio: bool,
     /// Refuse write commands (such as `put`) on every connection.
     #[arg(long)]
@@ -55,13 +63,18 @@ pub fn run(args: Args) -> CliResult {
         .build();
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(serve(server, args.listen, args.unix, args.stdio))
+    let http = args.http.map(|addr| {
+        let options = wiremux_http::HttpOptions::default().debugreflect(args.http_debugreflect);
+        (addr, options)
+    });
+    runtime.block_on(serve(server, args.listen, args.unix, http, args.stdio))
 }
 
 async fn serve(
     server: Server,
     listen: Option<String>,
     unix: Option<PathBuf>,
+    http: Option<(String, wiremux_http::HttpOptions)>,
     stdio: bool,
 ) -> CliResult {
     if stdio {
@@ -71,8 +84,8 @@ async fn serve(
             .await
             .map_err(|e| format!("stdio connection: {e}"));
     }
-    let listen = match (&listen, &unix) {
-        (None, None) => Some("127.0.0.1:7878".to_string()),
+    let listen = match (&listen, &unix, &http) {
+        (None, None, None) => Some("127.0.0.1:7878".to_string()),
         _ => listen,
     };
     let mut tasks = tokio::task::JoinSet::new();
@@ -99,6 +112,22 @@ async fn serve(
             s.serve_unix(listener)
                 .await
                 .map_err(|e| format!("Unix listener: {e}"))
+        });
+    }
+    if let Some((addr, options)) = http {
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        eprintln!(
+            "wiremux: HTTP API on http://{local}{}",
+            wiremux_http::API_ROOT
+        );
+        let s = server.clone();
+        tasks.spawn(async move {
+            wiremux_http::serve(listener, s, options)
+                .await
+                .map_err(|e| format!("HTTP listener: {e}"))
         });
     }
     let s = server.clone();
