@@ -8,6 +8,9 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
 use hyper::header::{HeaderMap, ALLOW, CONTENT_TYPE, TRANSFER_ENCODING};
 use hyper::{Method, Request, StatusCode};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wiremux_engine::{demo, CommandError, Config, Permission, Request as Cmd, Response, Server};
 use wiremux_http::{HttpClient, HttpOptions, MEDIA_TYPE};
 use wiremux_proto::human::{format_frame, parse_frame};
@@ -32,6 +35,11 @@ impl Api {
             if true {
                 panic!("boom");
             }
+            Ok::<Response, CommandError>(Response::bytes(""))
+        });
+        registry.insert("hang", Permission::Read, |_req: Cmd| async move {
+            let _guard = DropCount;
+            std::future::pending::<()>().await;
             Ok::<Response, CommandError>(Response::bytes(""))
         });
         let server = Server::builder().registry(registry).config(config).build();
@@ -97,6 +105,17 @@ impl Api {
 impl Drop for Api {
     fn drop(&mut self) {
         self.server.shutdown();
+    }
+}
+
+/// How many `hang` handlers have been dropped (cancelled).
+static HANGS_DROPPED: AtomicUsize = AtomicUsize::new(0);
+
+struct DropCount;
+
+impl Drop for DropCount {
+    fn drop(&mut self) {
+        HANGS_DROPPED.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -719,10 +738,164 @@ async fn shutdown_refuses_new_connections() {
         ["1 bytes-response eos "]
     );
     api.server.shutdown();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut request = Request::new(Full::new(Bytes::new()));
     *request.uri_mut() = api.base.parse().unwrap();
     // A fresh client: the pooled connection may still be draining.
     let result = HttpClient::new().send(request).await;
     assert!(result.is_err(), "still serving after shutdown");
+}
+
+#[tokio::test]
+async fn a_body_far_over_the_limit_is_still_answered_413() {
+    let api = Api::start(HttpOptions::default().max_body(1000)).await;
+    let answer = api
+        .post("ro/multirequest", Bytes::from(vec![0u8; 4 << 20]))
+        .await;
+    assert_text(
+        &answer,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "the request body is larger than the limit of 1000 bytes\n",
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_the_commands_it_started() {
+    let api = Api::start(HttpOptions::default()).await;
+    let body = frames(&[
+        "1 command-name eos hang",
+        "3 command-name eos hang",
+        "5 command-name eos echo",
+    ]);
+    let addr = api.base["http://".len()..]
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /api/exp-http-v2-0001/ro/multirequest HTTP/1.1\r\nHost: {addr}\r\n\
+         Content-Type: {MEDIA_TYPE}\r\nAccept: {MEDIA_TYPE}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body).await.unwrap();
+    // The head and the echo's frame (in its chunk) arrive while both hang.
+    let mut seen = Vec::new();
+    let echo = b"\x00\x00\x00\x05\x00\x42";
+    while !seen.windows(echo.len()).any(|w| w == echo) {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("the echo's frame within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&seen).to_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    assert_eq!(HANGS_DROPPED.load(Ordering::SeqCst), 0);
+    drop(stream);
+    for _ in 0..100 {
+        if HANGS_DROPPED.load(Ordering::SeqCst) == 2 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "{} of 2 handlers cancelled 5 s after the client left",
+        HANGS_DROPPED.load(Ordering::SeqCst)
+    );
+}
+
+/// The same exchange as a user would type it: curl --data-binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_drives_the_api() {
+    let has_curl = std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !has_curl {
+        eprintln!("note: curl is not installed; skipping the curl test");
+        return;
+    }
+    let api = Api::start(HttpOptions::default()).await;
+    let dir = std::env::temp_dir().join(format!("wiremux-http-curl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let request = dir.join("request.bin");
+    let mut lines = put(1, "fruit", "apple");
+    lines.extend([
+        "3 command-name have-data echo".to_string(),
+        "3 command-data eos pear".to_string(),
+    ]);
+    std::fs::write(&request, frames(&refs(&lines))).unwrap();
+    let curl = |path: &str, with_types: bool| {
+        let mut command = std::process::Command::new("curl");
+        command
+            .args(["--silent", "--show-error", "--include", "--data-binary"])
+            .arg(format!("@{}", request.display()));
+        if with_types {
+            command.args(["-H", &format!("Content-Type: {MEDIA_TYPE}")]);
+            command.args(["-H", &format!("Accept: {MEDIA_TYPE}")]);
+        }
+        command.arg(format!("{}{path}", api.base));
+        command
+    };
+    let run = |mut command: std::process::Command| {
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+    };
+    // Split an HTTP/1.1 answer into its lower-cased head lines and body.
+    fn split(raw: &[u8]) -> (Vec<String>, Vec<u8>) {
+        let at = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a head");
+        let head = String::from_utf8_lossy(&raw[..at]).to_lowercase();
+        let lines = head
+            .split("\r\n")
+            .filter(|l| !l.starts_with("date:"))
+            .map(str::to_string)
+            .collect();
+        (lines, raw[at + 4..].to_vec())
+    }
+
+    let out = run(curl("ro/multirequest", true)).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (head, body) = split(&out.stdout);
+    assert_eq!(head[0], "http/1.1 403 forbidden");
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "permission denied: the `ro` URL grants read-only access, and write access is needed by put (request 1); no command was run\n"
+    );
+
+    let out = run(curl("rw/multirequest", true)).await.unwrap();
+    let (head, body) = split(&out.stdout);
+    assert_eq!(
+        head,
+        [
+            "http/1.1 200 ok",
+            "content-type: application/mercurial-exp-framing-0002",
+            "transfer-encoding: chunked"
+        ]
+    );
+    let mut got = human(&body);
+    got.sort();
+    assert_eq!(
+        got,
+        ["1 bytes-response eos ok", "3 bytes-response eos pear"]
+    );
+
+    let out = run(curl("rw/multirequest", false)).await.unwrap();
+    let (head, body) = split(&out.stdout);
+    assert_eq!(head[0], "http/1.1 406 not acceptable");
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "the client must send `Accept: application/mercurial-exp-framing-0002`\n"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
