@@ -186,6 +186,11 @@ async fn get_of_the_api_root_is_200_text() {
         .request(Method::GET, "/api/exp-http-v2-0001", &[], Bytes::new())
         .await;
     assert_text(&answer, StatusCode::OK, description);
+    // HEAD: the same head, no body.
+    let answer = api.request(Method::HEAD, "", &[], Bytes::new()).await;
+    assert_eq!(answer.0, StatusCode::OK);
+    assert_eq!(answer.1[CONTENT_TYPE], TEXT);
+    assert_eq!(answer.2, "");
     // The root takes no POST.
     let answer = api.post("", Bytes::new()).await;
     assert_text(
