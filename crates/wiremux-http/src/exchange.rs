@@ -7,7 +7,7 @@
 //! reactor or the codec finds fault with runs nothing: the HTTP request is
 //! refused as a whole with the reactor's message.
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use std::fmt::Write;
 use wiremux_engine::{Config, Permission, Refusal, Registry};
 use wiremux_proto::server::{Action, Command, ServerReactor};
@@ -23,13 +23,12 @@ pub(crate) struct Assembled {
 
 /// Decodes `body` and assembles its commands; `Err` with a message for a
 /// person if any frame is malformed or any command is incomplete.
-pub(crate) fn assemble(body: Bytes, config: &Config) -> Result<Assembled, String> {
+pub(crate) fn assemble(mut body: BytesMut, config: &Config) -> Result<Assembled, String> {
     let mut codec = FrameCodec::new().max_recv_payload(config.max_recv_payload);
     let mut reactor = ServerReactor::with_limits(config.limits.clone()).defer_output(true);
-    let mut buf = BytesMut::from(body);
     let mut commands = Vec::new();
     loop {
-        let frame = match codec.decode_frame_eof(&mut buf) {
+        let frame = match codec.decode_frame_eof(&mut body) {
             Ok(Some(frame)) => frame,
             Ok(None) => break,
             Err(err) => return Err(err.to_string()),
@@ -114,12 +113,12 @@ mod tests {
     use super::*;
     use wiremux_proto::human::parse_frame;
 
-    fn body(lines: &[&str]) -> Bytes {
+    fn body(lines: &[&str]) -> BytesMut {
         let mut out = BytesMut::new();
         for line in lines {
             parse_frame(line).unwrap().encode(&mut out);
         }
-        out.freeze()
+        out
     }
 
     fn commands(lines: &[&str]) -> Vec<Command> {
@@ -155,7 +154,7 @@ mod tests {
             "request 1: input ended before the command was complete (receiving arguments)"
         );
         let err = assemble(
-            Bytes::from_static(b"\x05\x00\x00\x01\x00\x11ab"),
+            BytesMut::from(&b"\x05\x00\x00\x01\x00\x11ab"[..]),
             &Config::default(),
         )
         .unwrap_err();

@@ -89,9 +89,7 @@ impl Responses {
                     let action = responses
                         .reactor
                         .on_application_error(id, &refusal.to_string());
-                    let mut ready = std::mem::take(&mut responses.ready);
-                    responses.encode(action, &mut ready);
-                    responses.ready = ready;
+                    encode(action, &mut responses.ready);
                     continue;
                 }
             };
@@ -118,15 +116,6 @@ impl Responses {
         responses
     }
 
-    /// Appends the frames of a reactor action.
-    fn encode(&self, action: Action, out: &mut BytesMut) {
-        if let Action::SendFrames(frames) = action {
-            for frame in frames {
-                frame.encode(out);
-            }
-        }
-    }
-
     /// A handler's outcome: frames now, or a stream to follow.
     fn on_outcome(&mut self, id: u16, outcome: Outcome, out: &mut BytesMut) {
         let action = match outcome {
@@ -141,7 +130,7 @@ impl Responses {
             }
             Err(err) => self.reactor.on_application_error(id, err.message()),
         };
-        self.encode(action, out);
+        encode(action, out);
     }
 
     /// The next item of a streamed response.
@@ -166,12 +155,12 @@ impl Responses {
                     encode_bytes_response(id, &earlier, false, self.max_payload, out);
                 }
                 let action = self.reactor.on_application_error(id, err.message());
-                self.encode(action, out);
+                encode(action, out);
             }
             None => {
                 let last = self.held.remove(&id).unwrap_or_default();
                 let action = self.reactor.on_bytes_response(id, last);
-                self.encode(action, out);
+                encode(action, out);
             }
         }
     }
@@ -187,33 +176,47 @@ impl Stream for Responses {
         }
         let mut out = BytesMut::new();
         loop {
-            // Streams first: their chunks are already made and waiting.
-            if let Poll::Ready(Some((item, stream))) = this.streams.poll_next_unpin(cx) {
-                this.on_chunk(item, stream, &mut out);
-            } else {
-                match this.tasks.poll_join_next_with_id(cx) {
-                    Poll::Ready(Some(Ok((task, (id, outcome))))) => {
-                        this.task_ids.remove(&task);
-                        this.on_outcome(id, outcome, &mut out);
+            // Finished handlers first: there are only as many as commands, so
+            // streams cannot starve, and a small whole response is not held
+            // up behind a long stream.
+            let tasks = this.tasks.poll_join_next_with_id(cx);
+            match tasks {
+                Poll::Ready(Some(Ok((task, (id, outcome))))) => {
+                    this.task_ids.remove(&task);
+                    this.on_outcome(id, outcome, &mut out);
+                }
+                Poll::Ready(Some(Err(err))) => {
+                    let id = this.task_ids.remove(&err.id()).unwrap_or_default();
+                    let message = if err.is_panic() {
+                        tracing::warn!(id, "command handler panicked");
+                        "command failed: the handler panicked"
+                    } else {
+                        "command failed: the handler was cancelled"
+                    };
+                    let action = this.reactor.on_application_error(id, message);
+                    encode(action, &mut out);
+                }
+                Poll::Ready(None) | Poll::Pending => {
+                    match this.streams.poll_next_unpin(cx) {
+                        Poll::Ready(Some((item, stream))) => this.on_chunk(item, stream, &mut out),
+                        // No stream left, and no handler left either.
+                        Poll::Ready(None) if tasks.is_ready() => return Poll::Ready(None),
+                        Poll::Ready(None) | Poll::Pending => return Poll::Pending,
                     }
-                    Poll::Ready(Some(Err(err))) => {
-                        let id = this.task_ids.remove(&err.id()).unwrap_or_default();
-                        let message = if err.is_panic() {
-                            tracing::warn!(id, "command handler panicked");
-                            "command failed: the handler panicked"
-                        } else {
-                            "command failed: the handler was cancelled"
-                        };
-                        let action = this.reactor.on_application_error(id, message);
-                        this.encode(action, &mut out);
-                    }
-                    Poll::Ready(None) if this.streams.is_empty() => return Poll::Ready(None),
-                    Poll::Ready(None) | Poll::Pending => return Poll::Pending,
                 }
             }
             if !out.is_empty() {
                 return Poll::Ready(Some(out.freeze()));
             }
+        }
+    }
+}
+
+/// Appends the frames of a reactor action.
+fn encode(action: Action, out: &mut BytesMut) {
+    if let Action::SendFrames(frames) = action {
+        for frame in frames {
+            frame.encode(out);
         }
     }
 }

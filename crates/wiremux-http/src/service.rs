@@ -237,7 +237,7 @@ impl HttpService {
     }
 
     /// Reads the whole body, within the size limit and the body timeout.
-    async fn read_body<B>(&self, headers: &HeaderMap, body: &mut B) -> Result<Bytes, Refused>
+    async fn read_body<B>(&self, headers: &HeaderMap, body: &mut B) -> Result<BytesMut, Refused>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
@@ -272,7 +272,7 @@ impl HttpService {
                     buf.extend_from_slice(&data);
                 }
             }
-            Ok(buf.freeze())
+            Ok(buf)
         };
         let timeout = self.options.body_timeout;
         tokio::time::timeout(timeout, read)

@@ -904,3 +904,43 @@ async fn curl_drives_the_api() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn multirequest_streams_several_large_responses_whole_and_in_order() {
+    let api = Api::start(HttpOptions::default()).await;
+    let (status, _, body) = api
+        .post(
+            "ro/multirequest",
+            frames(&[
+                "1 command-name have-args blob",
+                "3 command-name have-args blob",
+                "1 command-argument eoa \\x04\\x00\\x06\\x00size200000",
+                "3 command-argument eoa \\x04\\x00\\x06\\x00size100001",
+                "5 command-name have-data echo",
+                "5 command-data eos small",
+            ]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let got = wiremux_proto::decode_all(&body).unwrap();
+    for (id, size) in [(1u16, 200000usize), (3, 100001), (5, 5)] {
+        let mine: Vec<_> = got.iter().filter(|f| f.request_id == id).collect();
+        let (last, rest) = mine.split_last().unwrap();
+        assert!(rest
+            .iter()
+            .all(|f| format_frame(f).starts_with(&format!("{id} bytes-response continuation "))));
+        assert!(format_frame(last).starts_with(&format!("{id} bytes-response eos ")));
+        assert!(mine.iter().all(|f| f.payload.len() <= 32768));
+        let joined: Vec<u8> = mine.iter().flat_map(|f| f.payload.to_vec()).collect();
+        assert_eq!(joined.len(), size, "request {id}");
+        if id == 5 {
+            assert_eq!(joined, b"small");
+        } else {
+            assert!(joined
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == demo::blob_byte(i)));
+        }
+    }
+    assert_eq!(got.len(), 7 + 4 + 1);
+}
