@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{sorted, wait_idle, wait_stats, within, Raw};
+use common::{sorted, wait_idle, wait_stats, Raw};
 use wiremux::engine::{Config, Server};
 use wiremux::proto::builder::CommandBuilder;
 
