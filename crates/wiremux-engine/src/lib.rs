@@ -39,6 +39,6 @@ pub use handler::{
     Body, CommandError, Handler, HandlerFuture, Permission, Refusal, Registry, Request, Response,
     ServiceHandler,
 };
-pub use server::{Server, ServerBuilder};
+pub use server::{is_transient_accept_error, Server, ServerBuilder};
 pub use stats::StatsSnapshot;
 pub use wiremux_proto as proto;

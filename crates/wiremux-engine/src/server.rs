@@ -174,6 +174,12 @@ impl Server {
         self.shared.shutdown.cancel();
     }
 
+    /// Completes when [`Server::shutdown`] is called (at once if it has
+    /// been). Transports built outside this crate wait on it.
+    pub fn shutdown_requested(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.shared.shutdown.clone().cancelled_owned()
+    }
+
     /// Whether [`Server::shutdown`] has been called.
     pub fn is_shutting_down(&self) -> bool {
         self.shared.shutdown.is_cancelled()
@@ -232,7 +238,7 @@ impl Server {
             };
             let (io, peer) = match accepted {
                 Ok(accepted) => accepted,
-                Err(err) if is_transient(&err) => {
+                Err(err) if is_transient_accept_error(&err) => {
                     tracing::warn!(%err, "accept failed; retrying");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -267,9 +273,10 @@ impl Server {
     }
 }
 
-/// Accept errors that concern one peer or a passing shortage, not the
-/// listener.
-fn is_transient(err: &io::Error) -> bool {
+/// Whether an error from `accept` concerns one peer or a passing shortage
+/// of file descriptors rather than the listener: an accept loop should
+/// retry after such an error, and stop after any other.
+pub fn is_transient_accept_error(err: &io::Error) -> bool {
     matches!(
         err.kind(),
         io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted

@@ -14,10 +14,6 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 use wiremux_engine::Server;
 
-/// How often the accept loop looks whether shutdown has begun (the engine
-/// offers a flag, not a future).
-const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
-
 /// Serves the HTTP API of `server` on `listener` until
 /// [`Server::shutdown`]: then stops accepting, lets requests in flight
 /// finish within the server's drain timeout, and returns.
@@ -43,19 +39,21 @@ pub async fn serve(listener: TcpListener, server: Server, options: HttpOptions) 
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
+    let shutdown = server.shutdown_requested();
+    tokio::pin!(shutdown);
     loop {
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => slot.expect("never closed"),
-            _ = shutdown_begun(&server) => break,
+            () = &mut shutdown => break,
         };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown_begun(&server) => break,
+            () = &mut shutdown => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
-            Err(err) if is_transient(&err) => {
+            Err(err) if wiremux_engine::is_transient_accept_error(&err) => {
                 tracing::warn!(%err, "http: accept failed; retrying");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
@@ -118,20 +116,4 @@ async fn connection(
     if let Err(err) = result {
         tracing::debug!(%err, "http connection ended with an error");
     }
-}
-
-async fn shutdown_begun(server: &Server) {
-    while !server.is_shutting_down() {
-        tokio::time::sleep(SHUTDOWN_POLL).await;
-    }
-}
-
-/// Accept errors that concern one peer or a passing shortage.
-fn is_transient(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-    ) || matches!(err.raw_os_error(), Some(23 | 24)) // ENFILE, EMFILE
 }
