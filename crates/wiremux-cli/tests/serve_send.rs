@@ -31,7 +31,11 @@ impl Serve {
                 stderr.read_line(&mut line).unwrap() > 0,
                 "serve exited early"
             );
-            if let Some(rest) = line.trim().strip_prefix("wiremux: listening on ") {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix("wiremux: listening on ") {
+                break rest.to_string();
+            }
+            if let Some(rest) = line.strip_prefix("wiremux: HTTP API on ") {
                 break rest.to_string();
             }
         };
@@ -317,4 +321,43 @@ fn serve_reports_an_address_it_cannot_use() {
         "{text}"
     );
     assert!(!text.contains("panicked"));
+}
+
+#[test]
+fn http_transport_with_send_http() {
+    let serve = Serve::start(&["--http", "127.0.0.1:0"]);
+    let base = serve.listening.trim_end_matches('/').to_string();
+    let out = send(
+        &[
+            "--http",
+            &format!("{base}/ro/multirequest"),
+            "1 command-name have-args sleep",
+            "3 command-name have-data echo",
+            r"1 command-argument eoa \x02\x00\x03\x00ms200",
+            "3 command-data eos over http",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        lines(&out),
+        ["3 bytes-response eos over http", "1 bytes-response eos 200"]
+    );
+    let out = send(
+        &[
+            "--http",
+            &format!("{base}/ro/multirequest"),
+            "1 command-name have-args|have-data put",
+            r"1 command-argument eoa \x03\x00\x01\x00keyk",
+            "1 command-data eos v",
+        ],
+        "",
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).starts_with("wiremux: HTTP 403 Forbidden: "),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("put"), "{}", stderr(&out));
 }
