@@ -362,3 +362,39 @@ async fn calls_wait_when_every_request_id_is_busy() {
         .all(|r| r.unwrap().unwrap().body == "held"));
     assert_eq!(server.stats().protocol_errors, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_dropped_with_abandoned_calls_closes_its_connection() {
+    // A server that takes the commands and never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = connect(addr).await;
+    let (mut stream, _) = within("accept", listener.accept()).await.unwrap();
+    let calls = ten_calls(&client);
+    drop(client);
+    let mut buf = bytes::BytesMut::new();
+    let mut codec = FrameCodec::new();
+    let mut seen = 0;
+    // Ten echoes with data: two frames each.
+    while seen < 20 {
+        if codec.decode_frame(&mut buf).unwrap().is_some() {
+            seen += 1;
+            continue;
+        }
+        use tokio::io::AsyncReadExt;
+        assert_ne!(
+            within("commands", stream.read_buf(&mut buf)).await.unwrap(),
+            0
+        );
+    }
+    for call in &calls {
+        call.abort();
+    }
+    // Nobody can receive an answer any more: the client closes the
+    // connection instead of waiting forever.
+    use tokio::io::AsyncReadExt;
+    let n = within("the client to close", stream.read_buf(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+}

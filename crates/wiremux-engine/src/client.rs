@@ -213,11 +213,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
                 Poll::Ready(None) => progress = true,
                 Poll::Pending => {}
             }
-            if !self.calls_open
-                && self.waiters.is_empty()
-                && self.backlog.is_empty()
-                && self.wbuf.is_empty()
-            {
+            if !self.calls_open && self.backlog.is_empty() && self.wbuf.is_empty() && {
+                // No handle is left, so no new call can come. Once no caller
+                // waits for an answer either, the connection is of no use:
+                // close it rather than wait for a server that may never
+                // answer. (poll_closed wakes this task when a caller goes.)
+                self.waiters
+                    .values_mut()
+                    .all(|waiter| waiter.poll_closed(cx).is_ready())
+            } {
                 let _ = Pin::new(&mut self.io).poll_shutdown(cx);
                 return Poll::Ready(Ok(Error::ConnectionLost("the client was dropped".into())));
             }
