@@ -34,6 +34,7 @@ use crate::codec::DEFAULT_MAX_SEND_PAYLOAD;
 use crate::frame::{Flags, Frame, FrameType};
 use crate::human::format_flags;
 use bytes::{Buf, Bytes, BytesMut};
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -583,10 +584,15 @@ impl ServerReactor {
         if id % 2 == 0 {
             return Err(ErrorKind::EvenRequestId);
         }
-        match self.slots.get(&id) {
-            Some(Slot::Receiving(_)) => return Err(ErrorKind::IdStillReceiving),
-            Some(Slot::Active) => return Err(ErrorKind::IdStillActive),
-            Some(Slot::Discarding { .. }) | None => {}
+        // One probe of the map per frame: the entry is looked up once and
+        // filled in place.
+        let slot = self.slots.entry(id);
+        if let Entry::Occupied(occupied) = &slot {
+            match occupied.get() {
+                Slot::Receiving(_) => return Err(ErrorKind::IdStillReceiving),
+                Slot::Active => return Err(ErrorKind::IdStillActive),
+                Slot::Discarding { .. } => {}
+            }
         }
         let flags = frame.flags.bits();
         let (have_args, have_data) = match flags {
@@ -595,7 +601,9 @@ impl ServerReactor {
                 (f & Flags::HAVE_ARGS != 0, f & Flags::HAVE_DATA != 0)
             }
             _ => {
-                self.slots.remove(&id);
+                if let Entry::Occupied(occupied) = slot {
+                    occupied.remove();
+                }
                 return Err(ErrorKind::BadCommandFlags(format_flags(
                     FrameType::COMMAND_NAME,
                     frame.flags,
@@ -603,7 +611,7 @@ impl ServerReactor {
             }
         };
         if !have_args && !have_data {
-            self.slots.insert(id, Slot::Active);
+            fill(slot, Slot::Active);
             self.active += 1;
             return Ok(Action::RunCommand(Command {
                 request_id: id,
@@ -628,7 +636,7 @@ impl ServerReactor {
             data: Chunks::Empty,
             buffered: 0,
         };
-        self.slots.insert(id, Slot::Receiving(Box::new(asm)));
+        fill(slot, Slot::Receiving(Box::new(asm)));
         self.receiving += 1;
         Ok(self.want())
     }
@@ -636,16 +644,18 @@ impl ServerReactor {
     /// An argument, data or other known frame for a request already started.
     fn on_continuing_frame(&mut self, frame: Frame) -> Result<Action, ErrorKind> {
         let id = frame.request_id;
-        let asm = match self.slots.get_mut(&id) {
-            None => return Err(ErrorKind::UnknownRequest(frame.frame_type)),
-            Some(Slot::Active) => return Err(ErrorKind::RequestComplete(frame.frame_type)),
-            Some(Slot::Discarding { have_data }) => {
+        let Entry::Occupied(mut slot) = self.slots.entry(id) else {
+            return Err(ErrorKind::UnknownRequest(frame.frame_type));
+        };
+        let asm = match slot.get_mut() {
+            Slot::Active => return Err(ErrorKind::RequestComplete(frame.frame_type)),
+            Slot::Discarding { have_data } => {
                 if is_last_frame(frame.frame_type, frame.flags, *have_data) {
-                    self.slots.remove(&id);
+                    slot.remove();
                 }
                 return Ok(Action::Noop);
             }
-            Some(Slot::Receiving(asm)) => asm,
+            Slot::Receiving(asm) => asm,
         };
         let len = frame.payload.len();
         if asm.buffered + len > self.limits.max_request_bytes {
@@ -672,9 +682,12 @@ impl ServerReactor {
         asm.buffered += len;
         self.buffered += len;
         if !complete {
-            return Ok(self.want());
+            // This request is still receiving, so that is the state.
+            return Ok(Action::WantFrame {
+                state: State::CommandReceiving,
+            });
         }
-        let Some(Slot::Receiving(asm)) = self.slots.insert(id, Slot::Active) else {
+        let Slot::Receiving(asm) = slot.insert(Slot::Active) else {
             unreachable!("slot was receiving")
         };
         self.receiving -= 1;
@@ -696,9 +709,11 @@ impl ServerReactor {
     /// Tells the reactor that the response of `request_id` has been sent in
     /// full (its last frame written): the ID may be used again.
     pub fn on_response_finished(&mut self, request_id: u16) {
-        if let Some(Slot::Active) = self.slots.get(&request_id) {
-            self.slots.remove(&request_id);
-            self.active -= 1;
+        if let Entry::Occupied(slot) = self.slots.entry(request_id) {
+            if matches!(slot.get(), Slot::Active) {
+                slot.remove();
+                self.active -= 1;
+            }
         }
     }
 
@@ -786,6 +801,18 @@ impl ServerReactor {
         match error {
             Some(error) => Action::Error(error),
             None => Action::Noop,
+        }
+    }
+}
+
+/// Puts `value` in a map entry, occupied or not.
+fn fill(slot: Entry<'_, u16, Slot>, value: Slot) {
+    match slot {
+        Entry::Occupied(mut occupied) => {
+            occupied.insert(value);
+        }
+        Entry::Vacant(vacant) => {
+            vacant.insert(value);
         }
     }
 }
