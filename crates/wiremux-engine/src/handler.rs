@@ -225,10 +225,33 @@ pub(crate) struct Entry {
     pub(crate) handler: Arc<dyn Handler>,
 }
 
+/// FNV-1a over the command name. Command names are short and looked up
+/// once per request; the map only ever holds the registered names, so a
+/// peer choosing names cannot crowd it, and a keyed hash buys nothing here.
+#[derive(Clone, Copy)]
+struct NameHasher(u64);
+
+impl Default for NameHasher {
+    fn default() -> Self {
+        NameHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for NameHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
 /// The set of commands a server runs, by name.
 #[derive(Clone, Default)]
 pub struct Registry {
-    commands: HashMap<Bytes, Entry>,
+    commands: HashMap<Bytes, Entry, std::hash::BuildHasherDefault<NameHasher>>,
 }
 
 impl fmt::Debug for Registry {
