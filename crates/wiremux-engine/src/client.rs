@@ -16,7 +16,7 @@
 //! ```
 
 use bytes::{Buf, Bytes, BytesMut};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -25,7 +25,7 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 use wiremux_proto::builder::{BuildError, CommandBuilder};
 use wiremux_proto::client::{ClientError, IdAllocator, Outcome, ResponseAssembler};
-use wiremux_proto::{Flags, FrameCodec, FrameType};
+use wiremux_proto::{Flags, FrameCodec, FrameType, IdMap};
 
 /// Output buffered before the driver stops taking new calls.
 const WRITE_HIGH_WATER: usize = 256 << 10;
@@ -104,7 +104,7 @@ impl Client {
             backlog: VecDeque::new(),
             ids: IdAllocator::new(),
             responses: ResponseAssembler::new(),
-            waiters: HashMap::new(),
+            waiters: IdMap::default(),
             codec: FrameCodec::new(),
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
@@ -177,7 +177,7 @@ struct Driver<IO> {
     backlog: VecDeque<Call>,
     ids: IdAllocator,
     responses: ResponseAssembler,
-    waiters: HashMap<u16, oneshot::Sender<Result<Response, Error>>>,
+    waiters: IdMap<oneshot::Sender<Result<Response, Error>>>,
     codec: FrameCodec,
     rbuf: BytesMut,
     wbuf: BytesMut,

@@ -27,7 +27,7 @@ use crate::stats::LocalStats;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::stream::{BoxStream, FuturesUnordered, StreamFuture};
 use futures::{FutureExt, Stream, StreamExt};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::panic::AssertUnwindSafe;
@@ -42,7 +42,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use wiremux_proto::builder::{encode_bytes_response, error_response_frame, ErrorFlag};
 use wiremux_proto::codec::Truncation;
 use wiremux_proto::server::{Action, Command, ReactorError, Scope, ServerReactor};
-use wiremux_proto::{CodecError, Frame, FrameCodec};
+use wiremux_proto::{CodecError, Frame, FrameCodec, IdMap};
 
 /// How many read/dispatch/write rounds one wake-up may run before yielding
 /// to other tasks.
@@ -107,14 +107,14 @@ pub(crate) struct Connection<IO> {
     needs_flush: bool,
     read_state: ReadState,
     /// Responses with bytes still to frame, by request ID.
-    outgoing: HashMap<u16, Outgoing>,
+    outgoing: IdMap<Outgoing>,
     /// Round-robin order of requests with bytes to frame.
     ring: VecDeque<u16>,
     queued_bytes: usize,
     /// Streams whose next chunk is awaited.
     streams: FuturesUnordered<StreamFuture<Tagged>>,
     /// Handlers running in the background.
-    tasks: HashMap<u16, AbortHandle>,
+    tasks: IdMap<AbortHandle>,
     done_tx: mpsc::UnboundedSender<(u16, Outcome)>,
     done_rx: mpsc::UnboundedReceiver<(u16, Outcome)>,
     /// Handlers that were not ready at once and wait for a server-wide slot.
@@ -123,7 +123,7 @@ pub(crate) struct Connection<IO> {
     /// In-order mode: request IDs in dispatch order, and finished responses
     /// held until every earlier one has been sent.
     order: VecDeque<u16>,
-    held: HashMap<u16, Outcome>,
+    held: IdMap<Outcome>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     drain_deadline: Option<Pin<Box<Sleep>>>,
     linger: Option<Pin<Box<Sleep>>>,
@@ -165,17 +165,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             wbuf: BytesMut::new(),
             needs_flush: false,
             read_state: ReadState::Open,
-            outgoing: HashMap::new(),
+            outgoing: IdMap::default(),
             ring: VecDeque::new(),
             queued_bytes: 0,
             streams: FuturesUnordered::new(),
-            tasks: HashMap::new(),
+            tasks: IdMap::default(),
             done_tx,
             done_rx,
             waiting: VecDeque::new(),
             permit: None,
             order: VecDeque::new(),
-            held: HashMap::new(),
+            held: IdMap::default(),
             shutdown: Box::pin(shared.shutdown.clone().cancelled_owned()),
             drain_deadline: None,
             linger: None,

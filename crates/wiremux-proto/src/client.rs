@@ -23,8 +23,8 @@
 
 use crate::frame::{Flags, Frame, FrameType};
 use crate::human::format_flags;
+use crate::id_map::IdMap;
 use bytes::{Bytes, BytesMut};
-use std::collections::HashMap;
 
 /// Number of odd request IDs.
 const ODD_IDS: usize = 1 << 15;
@@ -169,7 +169,7 @@ struct Pending {
 /// Assembles whole responses from response frames, per request ID.
 #[derive(Debug)]
 pub struct ResponseAssembler {
-    pending: HashMap<u16, Pending>,
+    pending: IdMap<Pending>,
     max_response: usize,
 }
 
@@ -183,7 +183,7 @@ impl ResponseAssembler {
     /// An assembler that accepts responses of up to 1 GiB.
     pub fn new() -> ResponseAssembler {
         ResponseAssembler {
-            pending: HashMap::new(),
+            pending: IdMap::default(),
             max_response: 1 << 30,
         }
     }

@@ -37,11 +37,13 @@ pub mod client;
 pub mod codec;
 pub mod frame;
 pub mod human;
+pub mod id_map;
 pub mod reflect;
 pub mod server;
 
 pub use codec::{decode_all, CodecError, FrameCodec};
 pub use frame::{Flags, Frame, FrameType, Header, HEADER_LEN};
+pub use id_map::IdMap;
 
 /// The media type of the frame protocol.
 pub const MEDIA_TYPE: &str = "application/mercurial-exp-framing-0002";

@@ -35,9 +35,7 @@ use crate::frame::{Flags, Frame, FrameType};
 use crate::human::format_flags;
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 
 /// Limits of one connection's reactor. Every field has a documented default;
 /// hitting a limit gives the peer a clear error, never unbounded memory.
@@ -339,26 +337,7 @@ impl ErrorKind {
     }
 }
 
-/// Hashes a request ID by multiplying it into the high bits: IDs are dense
-/// small integers chosen by the peer, and this map sits on the per-frame path.
-#[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-    fn write_u16(&mut self, id: u16) {
-        self.0 = u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-type IdMap<V> = HashMap<u16, V, BuildHasherDefault<IdHasher>>;
+use crate::id_map::IdMap;
 
 /// A request ID's state.
 #[derive(Debug)]
