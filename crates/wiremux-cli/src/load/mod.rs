@@ -1,0 +1,351 @@
+//! `wiremux load`: the load-test harness.
+//!
+//! With no target it starts the demo server in this process and loads it:
+//! the server gets a tokio runtime of one worker thread and the load
+//! generator another, so on a two-core machine each has a core and the
+//! figures are the server's, not the scheduler's. `--compare-in-order`
+//! runs the same workload against the server as it is and with responses
+//! forced into request order, and shows both with the ratios.
+
+mod mix;
+mod plot;
+mod report;
+mod run;
+
+use crate::CliResult;
+use indicatif::{ProgressBar, ProgressStyle};
+use mix::Mix;
+use report::Context;
+use run::{Live, Outcome, Plan, Target};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wiremux_engine::{demo, Config, Server};
+
+/// Arguments of `wiremux load`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Load the server at this TCP address (default: an embedded server).
+    #[arg(long, value_name = "ADDR")]
+    connect: Option<String>,
+    /// Load the server at this Unix socket.
+    #[arg(long, value_name = "PATH", conflicts_with = "connect")]
+    unix: Option<PathBuf>,
+    /// Connections to open.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=10000))]
+    connections: u64,
+    /// Requests in flight per connection (the window of the closed loop,
+    /// the cap of the open loop).
+    #[arg(long, value_name = "W", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=32768))]
+    inflight: u64,
+    /// How long to measure, e.g. 10s, 500ms, 2m (default 10s unless
+    /// --requests is given).
+    #[arg(long, value_name = "TIME", value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Stop after this many measured requests.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    requests: Option<u64>,
+    /// Load before measuring, not counted.
+    #[arg(long, value_name = "TIME", default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Open loop: this many requests per second over all connections, on a
+    /// fixed schedule; latency counts from each request's scheduled time.
+    #[arg(long, value_name = "R")]
+    rate: Option<f64>,
+    /// The workload: `name(arg=value,...):weight`, comma separated.
+    #[arg(long, value_name = "SPEC", default_value = "echo:100")]
+    mix: String,
+    /// Bytes of data sent with each echo.
+    #[arg(long, value_name = "BYTES", default_value_t = 32)]
+    payload: usize,
+    /// Print one JSON document instead of the text report.
+    #[arg(long)]
+    json: bool,
+    /// Write latency plots to FILE.svg or FILE.html.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Run twice against the embedded server, out of order and in order,
+    /// and compare.
+    #[arg(long, conflicts_with_all = ["connect", "unix"])]
+    compare_in_order: bool,
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1.5s` or a plain number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&t[..i], &t[i..]),
+        None => (t, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 10s, 500ms or 2m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("`{text}`: unknown unit `{unit}`; use ms, s or m")),
+    };
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("`{text}` is not a duration of zero or more"))
+}
+
+pub fn run(args: Args) -> CliResult {
+    let mix = Mix::parse(&args.mix)?;
+    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return Err("--rate must be a number of requests per second above 0".into());
+    }
+    let duration = match (args.duration, args.requests) {
+        (None, None) => Some(Duration::from_secs(10)),
+        (d, _) => d,
+    };
+    let embedded = args.connect.is_none() && args.unix.is_none();
+    let mut plan = Plan {
+        target: Target::Tcp(String::new()),
+        connections: args.connections as usize,
+        inflight: args.inflight as usize,
+        duration,
+        requests: args.requests,
+        warmup: args.warmup,
+        rate: args.rate,
+        mix,
+        payload: args.payload,
+    };
+    let shape = shape(&plan);
+    let workload = format!("mix {}; echo payload {} bytes", plan.mix, plan.payload);
+    let commands: Vec<String> = plan.mix.entries().iter().map(mix::Entry::label).collect();
+    let show_progress = !args.json && std::io::stdout().is_terminal();
+
+    if args.compare_in_order || embedded {
+        let ctx = Context {
+            target: embedded_label(),
+            shape,
+            workload,
+            commands,
+        };
+        let first = loaded(&mut plan, false, show_progress, "out of order")?;
+        if !args.compare_in_order {
+            return finish(&args, &ctx, &[("wiremux", first)]);
+        }
+        let second = loaded(&mut plan, true, show_progress, "in order")?;
+        return finish(
+            &args,
+            &ctx,
+            &[("out of order", first), ("in order", second)],
+        );
+    }
+    let (target, label) = match (&args.connect, &args.unix) {
+        (Some(addr), _) => (Target::Tcp(addr.clone()), addr.clone()),
+        (_, Some(path)) => (Target::Unix(path.clone()), path.display().to_string()),
+        _ => unreachable!("embedded handled above"),
+    };
+    plan.target = target;
+    let ctx = Context {
+        target: label,
+        shape,
+        workload,
+        commands,
+    };
+    let runtime = load_runtime()?;
+    let outcome = drive(&runtime, &plan, show_progress, "")?;
+    finish(&args, &ctx, &[("wiremux", outcome)])
+}
+
+fn embedded_label() -> String {
+    "embedded server (demo commands; server and load generator on one tokio worker thread each)"
+        .into()
+}
+
+fn shape(plan: &Plan) -> String {
+    let kind = match plan.rate {
+        Some(rate) => {
+            format!("open loop at {rate} requests/s (latency from each request's scheduled time)")
+        }
+        None => "closed loop".into(),
+    };
+    let stop = match (plan.duration, plan.requests) {
+        (Some(d), Some(n)) => format!("{:?} or {n} requests", d),
+        (Some(d), None) => format!("{:?}", d),
+        (None, Some(n)) => format!("{n} requests"),
+        (None, None) => unreachable!("a default duration is set"),
+    };
+    format!(
+        "{} connection(s) x {} in flight, {kind}, {stop} after {:?} of warm-up",
+        plan.connections, plan.inflight, plan.warmup
+    )
+}
+
+fn load_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+/// Starts the embedded server (in order or not) and runs the plan on it.
+fn loaded(plan: &mut Plan, in_order: bool, progress: bool, label: &str) -> Result<Outcome, String> {
+    let server_rt = load_runtime()?;
+    let server = Server::builder()
+        .registry(demo::registry())
+        .config(Config {
+            in_order,
+            max_executing: 32768,
+            ..Config::default()
+        })
+        .build();
+    let listener = server_rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .map_err(|e| format!("cannot start the embedded server: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let s = server.clone();
+    server_rt.spawn(async move { s.serve_tcp(listener).await });
+    plan.target = Target::Tcp(addr.to_string());
+    let runtime = load_runtime()?;
+    let outcome = drive(&runtime, plan, progress, label);
+    server.shutdown();
+    server_rt.shutdown_timeout(Duration::from_secs(2));
+    outcome
+}
+
+/// Runs the plan with a progress bar (when stdout is a terminal).
+fn drive(
+    runtime: &tokio::runtime::Runtime,
+    plan: &Plan,
+    progress: bool,
+    label: &str,
+) -> Result<Outcome, String> {
+    let live = Arc::new(Live::default());
+    let bar = progress.then(|| {
+        let total = plan.warmup + plan.duration.unwrap_or(Duration::ZERO);
+        let bar = ProgressBar::new(total.as_millis() as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {elapsed_precise} {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(if label.is_empty() {
+            "load".to_string()
+        } else {
+            label.to_string()
+        });
+        bar
+    });
+    let ticker = bar.clone().map(|bar| {
+        let live = live.clone();
+        let started = Instant::now();
+        let warmup = plan.warmup;
+        std::thread::spawn(move || {
+            let mut last = (Instant::now(), 0u64);
+            while !live.stop.load(Relaxed) {
+                std::thread::sleep(Duration::from_millis(250));
+                let done = live.completed.load(Relaxed);
+                let rate = (done - last.1) as f64 / last.0.elapsed().as_secs_f64();
+                last = (Instant::now(), done);
+                bar.set_position(started.elapsed().as_millis() as u64);
+                let phase = if started.elapsed() < warmup {
+                    "warming up, "
+                } else {
+                    ""
+                };
+                bar.set_message(format!("{phase}{done} responses, {rate:.0} req/s"));
+            }
+        })
+    });
+    let result = runtime.block_on(run::run(plan, live.clone()));
+    live.stop.store(true, Relaxed);
+    if let Some(t) = ticker {
+        let _ = t.join();
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    result
+}
+
+/// Prints the report(s), writes the plot, and turns failures into the exit code.
+fn finish(args: &Args, ctx: &Context, runs: &[(&str, Outcome)]) -> CliResult {
+    if let Some(path) = &args.report {
+        let colours = ["#1f77b4", "#d62728"];
+        let series: Vec<plot::Series<'_>> = runs
+            .iter()
+            .zip(colours)
+            .map(|((label, outcome), colour)| plot::Series {
+                label,
+                outcome,
+                colour,
+            })
+            .collect();
+        let title = format!("wiremux load: {}", ctx.workload);
+        let doc = match path.extension().and_then(|e| e.to_str()) {
+            Some("svg") => plot::svg(&title, &series),
+            Some("html" | "htm") => plot::html(&title, &series),
+            _ => {
+                return Err(format!(
+                    "--report {}: the file name must end in .svg or .html",
+                    path.display()
+                ))
+            }
+        };
+        std::fs::write(path, doc).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    let text = match (runs, args.json) {
+        ([(_, one)], false) => report::text(ctx, one),
+        ([(_, one)], true) => report::json(ctx, one).to_string() + "\n",
+        ([(_, a), (_, b)], false) => report::compare_text(ctx, a, b),
+        ([(_, a), (_, b)], true) => report::compare_json(ctx, a, b).to_string() + "\n",
+        _ => unreachable!("one or two runs"),
+    };
+    print!("{text}");
+    let mut problems = Vec::new();
+    for (label, outcome) in runs {
+        let summary = report::Summary::of(outcome);
+        let problem = if let Some(fatal) = &summary.fatal {
+            fatal.clone()
+        } else if !summary.clean() {
+            "some responses were wrong, duplicated or lost".to_string()
+        } else if summary.ok == 0 {
+            "no response was measured (is the run shorter than the warm-up?)".to_string()
+        } else {
+            continue;
+        };
+        problems.push(if runs.len() > 1 {
+            format!("{label} run: {problem}")
+        } else {
+            problem
+        });
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(
+            parse_duration("10h"),
+            Err("`10h`: unknown unit `h`; use ms, s or m".into())
+        );
+        assert_eq!(
+            parse_duration("ten"),
+            Err("`ten` is not a duration like 10s, 500ms or 2m".into())
+        );
+        assert_eq!(
+            parse_duration("-1s"),
+            Err("`-1s` is not a duration of zero or more".into())
+        );
+    }
+}
