@@ -343,6 +343,8 @@ impl Conn {
         mut hist: Option<&mut Histogram<u64>>,
     ) -> Duration {
         let start = Instant::now();
+        // Reading the clock per call only when latencies are recorded.
+        let timed = hist.is_some();
         match self {
             Conn::Raw(raw) => return raw.run(n, w, load, hist).await,
             Conn::Engine(client) => {
@@ -350,15 +352,15 @@ impl Conn {
                     .map(|_| {
                         let call = client.call("echo").data(payload.clone());
                         async move {
-                            let t = Instant::now();
+                            let t = timed.then(Instant::now);
                             let response = call.send().await.expect("echo call");
                             assert_eq!(response.body.len(), PAYLOAD);
-                            t.elapsed()
+                            t.map(|t| t.elapsed())
                         }
                     })
                     .buffer_unordered(w);
                 while let Some(latency) = calls.next().await {
-                    if let Some(hist) = hist.as_deref_mut() {
+                    if let (Some(hist), Some(latency)) = (hist.as_deref_mut(), latency) {
                         hist.saturating_record(nanos(latency));
                     }
                 }
@@ -371,16 +373,16 @@ impl Conn {
                             .body(Full::new(payload.clone()))
                             .expect("request");
                         async move {
-                            let t = Instant::now();
+                            let t = timed.then(Instant::now);
                             let response = sender.send_request(request).await.expect("h2 call");
                             let body = response.into_body().collect().await.expect("body");
                             assert_eq!(body.to_bytes().len(), PAYLOAD);
-                            t.elapsed()
+                            t.map(|t| t.elapsed())
                         }
                     })
                     .buffer_unordered(w);
                 while let Some(latency) = calls.next().await {
-                    if let Some(hist) = hist.as_deref_mut() {
+                    if let (Some(hist), Some(latency)) = (hist.as_deref_mut(), latency) {
                         hist.saturating_record(nanos(latency));
                     }
                 }
