@@ -16,7 +16,9 @@
 //! 3. the same connections after each has sent one 32-byte `echo` and
 //!    read the answer (a connection that has been used keeps its buffers);
 //! 4. after they are closed;
-//! 5. REQUEST_CONNECTIONS fresh connections, each used once, then REQUESTS
+//! 5. in a fresh server process (so that memory freed by the closed
+//!    connections is not reused by what follows and hidden),
+//!    REQUEST_CONNECTIONS connections, each used once, then REQUESTS
 //!    `sleep ms=SLEEP_MS` requests spread over them, measured once the
 //!    server reports them all in flight.
 //!
@@ -286,6 +288,17 @@ async fn measure(idle: usize, requests: usize, request_connections: usize, sleep
         .await;
     report("all closed".into(), closed, None);
 
+    // Memory freed by the closed connections stays in the server's heap
+    // and would be reused by the requests, hiding their cost: measure them
+    // in a fresh server process.
+    drop(probe);
+    let (mut probe, addr) = Probe::start();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    report(
+        "fresh server process, no connection".into(),
+        probe.sample(),
+        None,
+    );
     let mut conns = connect_many(&addr, request_connections).await;
     use_once(&mut conns).await;
     let before = probe
