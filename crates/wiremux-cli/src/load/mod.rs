@@ -55,7 +55,7 @@ pub struct Args {
     #[arg(long, value_name = "R")]
     rate: Option<f64>,
     /// The workload: `name(arg=value,...):weight`, comma separated.
-    #[arg(long, value_name = "SPEC", default_value = "echo:100")]
+    #[arg(long, value_name = "SPEC", default_value = "echo:90,sleep(ms=5):10")]
     mix: String,
     /// Bytes of data sent with each echo.
     #[arg(long, value_name = "BYTES", default_value_t = 32)]
