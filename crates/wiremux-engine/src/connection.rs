@@ -118,7 +118,7 @@ pub(crate) struct Connection<IO> {
     done_tx: mpsc::UnboundedSender<(u16, Outcome)>,
     done_rx: mpsc::UnboundedReceiver<(u16, Outcome)>,
     /// Handlers that were not ready at once and wait for a server-wide slot.
-    waiting: VecDeque<(u16, HandlerFuture)>,
+    waiting: VecDeque<(u16, HandlerFuture, tracing::Span)>,
     permit: Option<PermitFuture>,
     /// In-order mode: request IDs in dispatch order, and finished responses
     /// held until every earlier one has been sent.
@@ -324,8 +324,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             };
             self.permit = None;
             let Some(permit) = permit else { break };
-            let (id, fut) = self.waiting.pop_front().expect("not empty");
-            self.spawn(id, fut, permit);
+            let (id, fut, span) = self.waiting.pop_front().expect("not empty");
+            self.spawn(id, fut, permit, span);
             progress = true;
         }
         progress
@@ -570,6 +570,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         if self.shared.config.in_order {
             self.order.push_back(id);
         }
+        // The request's span covers its first poll here; a handler that
+        // moves to its own task carries the span there (see `spawn`).
+        let span = tracing::debug_span!("request", id);
+        let entered = span.enter();
         let request = Request {
             request_id: id,
             name,
@@ -594,18 +598,26 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         // moves to its own task, which polls it again with a real waker.
         match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut noop))) {
             Ok(Poll::Ready(outcome)) => self.deliver(id, outcome),
-            Ok(Poll::Pending) => match self.shared.executing.clone().try_acquire_owned() {
-                Ok(permit) if self.waiting.is_empty() => self.spawn(id, fut, permit),
-                _ => self.waiting.push_back((id, fut)),
-            },
+            Ok(Poll::Pending) => {
+                drop(entered);
+                match self.shared.executing.clone().try_acquire_owned() {
+                    Ok(permit) if self.waiting.is_empty() => self.spawn(id, fut, permit, span),
+                    _ => self.waiting.push_back((id, fut, span)),
+                }
+            }
             Err(panic) => self.deliver(id, Err(panicked(&panic))),
         }
     }
 
-    fn spawn(&mut self, id: u16, fut: HandlerFuture, permit: OwnedSemaphorePermit) {
+    fn spawn(
+        &mut self,
+        id: u16,
+        fut: HandlerFuture,
+        permit: OwnedSemaphorePermit,
+        span: tracing::Span,
+    ) {
         let done = self.done_tx.clone();
         let deadline = self.shared.config.request_deadline;
-        let span = tracing::debug_span!("request", id);
         let task = async move {
             let guarded = AssertUnwindSafe(fut).catch_unwind();
             let outcome = match deadline {
