@@ -21,12 +21,14 @@
 //! response queue. Background handlers only send their result back over a
 //! channel.
 
-use crate::handler::{Body, CommandError, HandlerFuture, Permission, Request, Response};
+use crate::handler::{
+    Body, CommandError, HandlerFuture, Permission, Request, Response, TaggedBody as Tagged,
+};
 use crate::server::Shared;
 use crate::stats::LocalStats;
 use bytes::{Buf, Bytes, BytesMut};
-use futures::stream::{BoxStream, FuturesUnordered, StreamFuture};
-use futures::{FutureExt, Stream, StreamExt};
+use futures::stream::{FuturesUnordered, StreamFuture};
+use futures::{FutureExt, StreamExt};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
@@ -56,19 +58,6 @@ const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 type Outcome = Result<Response, CommandError>;
 type PermitFuture = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>;
-
-/// A streaming response body, tagged with its request ID.
-struct Tagged {
-    id: u16,
-    inner: BoxStream<'static, Result<Bytes, CommandError>>,
-}
-
-impl Stream for Tagged {
-    type Item = Result<Bytes, CommandError>;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.poll_next_unpin(cx)
-    }
-}
 
 /// A response being written frame by frame.
 #[derive(Default)]

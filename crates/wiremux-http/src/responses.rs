@@ -14,7 +14,7 @@
 //! [`Registry::start`]: wiremux_engine::Registry::start
 
 use bytes::{Bytes, BytesMut};
-use futures::stream::{BoxStream, FuturesUnordered, StreamFuture};
+use futures::stream::{FuturesUnordered, StreamFuture};
 use futures::{Stream, StreamExt};
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -26,19 +26,7 @@ use wiremux_proto::builder::encode_bytes_response;
 use wiremux_proto::server::{Action, Command, ServerReactor};
 
 type Outcome = Result<Response, CommandError>;
-
-/// A streamed response body, tagged with its request ID.
-struct Tagged {
-    id: u16,
-    inner: BoxStream<'static, Result<Bytes, CommandError>>,
-}
-
-impl Stream for Tagged {
-    type Item = Result<Bytes, CommandError>;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.poll_next_unpin(cx)
-    }
-}
+type Tagged = wiremux_engine::TaggedBody;
 
 /// The frames of every command's response, as encoded bytes, in the order
 /// the responses complete.
