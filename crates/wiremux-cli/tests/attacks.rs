@@ -6,51 +6,30 @@
 //! Figures are printed (run with `--nocapture`) for docs/RELIABILITY.md.
 
 use bytes::BytesMut;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use wiremux_proto::builder::CommandBuilder;
 use wiremux_proto::human::{format_frame, parse_frame};
 use wiremux_proto::{Frame, FrameCodec};
 
-/// A `wiremux serve` child process on an ephemeral port; killed on drop.
+mod common;
+
+/// A `wiremux serve --listen 127.0.0.1:0` process with default settings.
 struct ServeProcess {
-    child: Child,
+    serve: common::Serve,
     addr: SocketAddr,
 }
 
 impl ServeProcess {
     fn start() -> ServeProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wiremux"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start wiremux serve");
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        let addr = loop {
-            line.clear();
-            assert!(
-                stderr.read_line(&mut line).unwrap() > 0,
-                "serve exited before listening"
-            );
-            if let Some(addr) = line.trim().strip_prefix("wiremux: listening on ") {
-                break addr.parse().unwrap();
-            }
-        };
-        // Keep draining stderr so the child never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        ServeProcess { child, addr }
+        let serve = common::Serve::start(&["--listen", "127.0.0.1:0"]);
+        let addr = serve.listening.parse().unwrap();
+        ServeProcess { serve, addr }
     }
 
-    /// Resident memory of the server process, in KiB.
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        self.serve.rss_kib()
     }
 
     fn connect(&self) -> TcpStream {
@@ -76,13 +55,6 @@ impl ServeProcess {
             read_frame(&mut s, &mut BytesMut::new()).map(|f| format_frame(&f)),
             Some("1 bytes-response eos still here".into())
         );
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -2,10 +2,11 @@
 //! binary against its embedded server and against a `wiremux serve`
 //! process. No assertion on speed: only on shape, counts and checks.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_wiremux");
+mod common;
+
+use common::BIN;
 
 fn load(args: &[&str]) -> Output {
     Command::new(BIN).arg("load").args(args).output().unwrap()
@@ -270,19 +271,8 @@ fn bad_flags_are_refused_with_the_reason() {
 
 #[test]
 fn a_server_that_goes_away_mid_run_is_reported_after_what_completed() {
-    let mut serve = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(serve.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(addr) = line.strip_prefix("wiremux: listening on ") {
-            break addr.to_string();
-        }
-    };
+    let mut serve = common::Serve::start(&["--listen", "127.0.0.1:0"]);
+    let addr = serve.listening.clone();
     let load = Command::new(BIN)
         .args([
             "load",
@@ -302,8 +292,7 @@ fn a_server_that_goes_away_mid_run_is_reported_after_what_completed() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(700));
-    serve.kill().unwrap();
-    let _ = serve.wait();
+    serve.kill();
     let out = load.wait_with_output().unwrap();
     assert!(!out.status.success());
     let text = stdout(&out);

@@ -1,55 +1,12 @@
 //! `wiremux serve` and `wiremux send`, as a user runs them: real processes,
 //! real sockets, exact output.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Output, Stdio};
+use std::io::{Read, Write};
+use std::process::{Command, Output, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_wiremux");
+mod common;
 
-/// A `wiremux serve` process; killed on drop.
-struct Serve {
-    child: Child,
-    /// What it printed after "listening on ".
-    listening: String,
-}
-
-impl Serve {
-    fn start(args: &[&str]) -> Serve {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        let listening = loop {
-            line.clear();
-            assert!(
-                stderr.read_line(&mut line).unwrap() > 0,
-                "serve exited early"
-            );
-            let line = line.trim();
-            if let Some(rest) = line.strip_prefix("wiremux: listening on ") {
-                break rest.to_string();
-            }
-            if let Some(rest) = line.strip_prefix("wiremux: HTTP API on ") {
-                break rest.to_string();
-            }
-        };
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Serve { child, listening }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{Serve, BIN};
 
 fn send(args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(BIN)

@@ -1,0 +1,69 @@
+//! A `wiremux serve` child process for the tests that run the binary.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+/// The built `wiremux` binary.
+pub const BIN: &str = env!("CARGO_BIN_EXE_wiremux");
+
+/// A `wiremux serve` process; killed on drop.
+pub struct Serve {
+    pub child: Child,
+    /// What it announced: the TCP address, the socket path or the HTTP
+    /// API's URL, from its first "listening on" or "HTTP API on" line.
+    pub listening: String,
+}
+
+impl Serve {
+    /// Starts `wiremux serve ARGS` and waits until it listens.
+    pub fn start(args: &[&str]) -> Serve {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start wiremux serve");
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        let listening = loop {
+            line.clear();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "serve exited before listening"
+            );
+            let line = line.trim();
+            if let Some(rest) = line
+                .strip_prefix("wiremux: listening on ")
+                .or_else(|| line.strip_prefix("wiremux: HTTP API on "))
+            {
+                break rest.to_string();
+            }
+        };
+        // Keep draining stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Serve { child, listening }
+    }
+
+    /// Resident memory of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Stops the server now.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
