@@ -40,6 +40,7 @@ pub mod human;
 pub mod id_map;
 pub mod reflect;
 pub mod server;
+mod slots;
 
 pub use codec::{decode_all, CodecError, FrameCodec};
 pub use frame::{Flags, Frame, FrameType, Header, HEADER_LEN};

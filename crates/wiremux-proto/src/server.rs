@@ -34,7 +34,6 @@ use crate::codec::DEFAULT_MAX_SEND_PAYLOAD;
 use crate::frame::{Flags, Frame, FrameType};
 use crate::human::format_flags;
 use bytes::{Buf, Bytes, BytesMut};
-use std::collections::hash_map::Entry;
 use std::fmt;
 
 /// Limits of one connection's reactor. Every field has a documented default;
@@ -337,7 +336,7 @@ impl ErrorKind {
     }
 }
 
-use crate::id_map::IdMap;
+use crate::slots::SlotTable;
 
 /// A request ID's state.
 #[derive(Debug)]
@@ -428,7 +427,7 @@ impl Chunks {
 #[derive(Debug)]
 pub struct ServerReactor {
     limits: Limits,
-    slots: IdMap<Slot>,
+    slots: SlotTable<Slot>,
     receiving: usize,
     active: usize,
     buffered: usize,
@@ -454,7 +453,7 @@ impl ServerReactor {
     pub fn with_limits(limits: Limits) -> ServerReactor {
         ServerReactor {
             limits,
-            slots: IdMap::default(),
+            slots: SlotTable::default(),
             receiving: 0,
             active: 0,
             buffered: 0,
@@ -539,7 +538,7 @@ impl ServerReactor {
     /// `frame_type` and `flags`: frees its buffers and, unless that frame was
     /// its last, drops its later frames.
     fn discard(&mut self, id: u16, frame_type: FrameType, flags: Flags) {
-        let have_data = match self.slots.remove(&id) {
+        let have_data = match self.slots.remove(id) {
             Some(Slot::Receiving(asm)) => {
                 self.receiving -= 1;
                 self.buffered -= asm.buffered;
@@ -547,7 +546,9 @@ impl ServerReactor {
             }
             _ => frame_type == FrameType::COMMAND_NAME && flags.contains(Flags::HAVE_DATA),
         };
-        if !is_last_frame(frame_type, flags, have_data) {
+        // Request-level errors come only from odd IDs (anything on an even
+        // ID is a connection-level error), so the slot can be kept.
+        if id % 2 == 1 && !is_last_frame(frame_type, flags, have_data) {
             self.slots.insert(id, Slot::Discarding { have_data });
         }
     }
@@ -563,15 +564,10 @@ impl ServerReactor {
         if id % 2 == 0 {
             return Err(ErrorKind::EvenRequestId);
         }
-        // One probe of the map per frame: the entry is looked up once and
-        // filled in place.
-        let slot = self.slots.entry(id);
-        if let Entry::Occupied(occupied) = &slot {
-            match occupied.get() {
-                Slot::Receiving(_) => return Err(ErrorKind::IdStillReceiving),
-                Slot::Active => return Err(ErrorKind::IdStillActive),
-                Slot::Discarding { .. } => {}
-            }
+        match self.slots.get(id) {
+            Some(Slot::Receiving(_)) => return Err(ErrorKind::IdStillReceiving),
+            Some(Slot::Active) => return Err(ErrorKind::IdStillActive),
+            Some(Slot::Discarding { .. }) | None => {}
         }
         let flags = frame.flags.bits();
         let (have_args, have_data) = match flags {
@@ -580,9 +576,7 @@ impl ServerReactor {
                 (f & Flags::HAVE_ARGS != 0, f & Flags::HAVE_DATA != 0)
             }
             _ => {
-                if let Entry::Occupied(occupied) = slot {
-                    occupied.remove();
-                }
+                self.slots.remove(id);
                 return Err(ErrorKind::BadCommandFlags(format_flags(
                     FrameType::COMMAND_NAME,
                     frame.flags,
@@ -590,7 +584,7 @@ impl ServerReactor {
             }
         };
         if !have_args && !have_data {
-            fill(slot, Slot::Active);
+            self.slots.insert(id, Slot::Active);
             self.active += 1;
             return Ok(Action::RunCommand(Command {
                 request_id: id,
@@ -615,7 +609,7 @@ impl ServerReactor {
             data: Chunks::Empty,
             buffered: 0,
         };
-        fill(slot, Slot::Receiving(Box::new(asm)));
+        self.slots.insert(id, Slot::Receiving(Box::new(asm)));
         self.receiving += 1;
         Ok(self.want())
     }
@@ -623,18 +617,16 @@ impl ServerReactor {
     /// An argument, data or other known frame for a request already started.
     fn on_continuing_frame(&mut self, frame: Frame) -> Result<Action, ErrorKind> {
         let id = frame.request_id;
-        let Entry::Occupied(mut slot) = self.slots.entry(id) else {
-            return Err(ErrorKind::UnknownRequest(frame.frame_type));
-        };
-        let asm = match slot.get_mut() {
-            Slot::Active => return Err(ErrorKind::RequestComplete(frame.frame_type)),
-            Slot::Discarding { have_data } => {
+        let asm = match self.slots.get_mut(id) {
+            None => return Err(ErrorKind::UnknownRequest(frame.frame_type)),
+            Some(Slot::Active) => return Err(ErrorKind::RequestComplete(frame.frame_type)),
+            Some(Slot::Discarding { have_data }) => {
                 if is_last_frame(frame.frame_type, frame.flags, *have_data) {
-                    slot.remove();
+                    self.slots.remove(id);
                 }
                 return Ok(Action::Noop);
             }
-            Slot::Receiving(asm) => asm,
+            Some(Slot::Receiving(asm)) => asm,
         };
         let len = frame.payload.len();
         if asm.buffered + len > self.limits.max_request_bytes {
@@ -666,7 +658,7 @@ impl ServerReactor {
                 state: State::CommandReceiving,
             });
         }
-        let Slot::Receiving(asm) = slot.insert(Slot::Active) else {
+        let Some(Slot::Receiving(asm)) = self.slots.insert(id, Slot::Active) else {
             unreachable!("slot was receiving")
         };
         self.receiving -= 1;
@@ -688,11 +680,9 @@ impl ServerReactor {
     /// Tells the reactor that the response of `request_id` has been sent in
     /// full (its last frame written): the ID may be used again.
     pub fn on_response_finished(&mut self, request_id: u16) {
-        if let Entry::Occupied(slot) = self.slots.entry(request_id) {
-            if matches!(slot.get(), Slot::Active) {
-                slot.remove();
-                self.active -= 1;
-            }
+        if let Some(Slot::Active) = self.slots.get(request_id) {
+            self.slots.remove(request_id);
+            self.active -= 1;
         }
     }
 
@@ -751,13 +741,13 @@ impl ServerReactor {
             .slots
             .iter()
             .filter_map(|(id, slot)| match slot {
-                Slot::Receiving(asm) => Some((*id, asm.phase.describe())),
+                Slot::Receiving(asm) => Some((id, asm.phase.describe())),
                 _ => None,
             })
             .collect();
         incomplete.sort_unstable();
         for (id, _) in &incomplete {
-            self.slots.remove(id);
+            self.slots.remove(*id);
         }
         self.slots
             .retain(|_, slot| !matches!(slot, Slot::Discarding { .. }));
@@ -780,18 +770,6 @@ impl ServerReactor {
         match error {
             Some(error) => Action::Error(error),
             None => Action::Noop,
-        }
-    }
-}
-
-/// Puts `value` in a map entry, occupied or not.
-fn fill(slot: Entry<'_, u16, Slot>, value: Slot) {
-    match slot {
-        Entry::Occupied(mut occupied) => {
-            occupied.insert(value);
-        }
-        Entry::Vacant(vacant) => {
-            vacant.insert(value);
         }
     }
 }

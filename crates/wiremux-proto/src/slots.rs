@@ -1,0 +1,201 @@
+//! The reactor's per-request state, indexed directly by request ID.
+//!
+//! Client requests use odd IDs only, so the 32768 possible IDs are split
+//! into 256 pages of 128; a page is allocated when one of its IDs is first
+//! used and freed when its last one is, keeping one empty page aside so a
+//! connection cycling through its IDs does not allocate for every page it
+//! enters. A lookup is two array indexings, with no hashing, no probing and
+//! no rehashing as IDs come and go on the per-frame path.
+
+/// Odd IDs per page.
+const PAGE: usize = 128;
+/// Pages for all 32768 odd IDs.
+const PAGES: usize = (1 << 15) / PAGE;
+
+struct Page<V> {
+    slots: [Option<V>; PAGE],
+    used: usize,
+}
+
+impl<V> Page<V> {
+    fn new() -> Box<Page<V>> {
+        Box::new(Page {
+            slots: std::array::from_fn(|_| None),
+            used: 0,
+        })
+    }
+}
+
+/// Values by odd request ID. Even IDs are never stored: a lookup of one
+/// finds nothing, and inserting one is a bug of the caller.
+pub(crate) struct SlotTable<V> {
+    /// Empty until the first insert, then `PAGES` long.
+    pages: Vec<Option<Box<Page<V>>>>,
+    /// One emptied page kept for reuse.
+    spare: Option<Box<Page<V>>>,
+}
+
+impl<V> Default for SlotTable<V> {
+    fn default() -> Self {
+        SlotTable {
+            pages: Vec::new(),
+            spare: None,
+        }
+    }
+}
+
+impl<V: std::fmt::Debug> std::fmt::Debug for SlotTable<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// Page and position of an odd ID.
+fn locate(id: u16) -> Option<(usize, usize)> {
+    (id % 2 == 1).then(|| {
+        let index = usize::from(id >> 1);
+        (index / PAGE, index % PAGE)
+    })
+}
+
+impl<V> SlotTable<V> {
+    pub(crate) fn get(&self, id: u16) -> Option<&V> {
+        let (page, at) = locate(id)?;
+        self.pages.get(page)?.as_ref()?.slots[at].as_ref()
+    }
+
+    pub(crate) fn get_mut(&mut self, id: u16) -> Option<&mut V> {
+        let (page, at) = locate(id)?;
+        self.pages.get_mut(page)?.as_mut()?.slots[at].as_mut()
+    }
+
+    /// Stores `value` for `id`; returns what was there.
+    ///
+    /// # Panics
+    /// If `id` is even.
+    pub(crate) fn insert(&mut self, id: u16, value: V) -> Option<V> {
+        let (page, at) = locate(id).expect("only odd request IDs are stored");
+        if self.pages.is_empty() {
+            self.pages.resize_with(PAGES, || None);
+        }
+        let spare = &mut self.spare;
+        let page = self.pages[page].get_or_insert_with(|| spare.take().unwrap_or_else(Page::new));
+        let old = page.slots[at].replace(value);
+        if old.is_none() {
+            page.used += 1;
+        }
+        old
+    }
+
+    pub(crate) fn remove(&mut self, id: u16) -> Option<V> {
+        let (index, at) = locate(id)?;
+        let page = self.pages.get_mut(index)?.as_mut()?;
+        let old = page.slots[at].take()?;
+        page.used -= 1;
+        if page.used == 0 {
+            self.release(index);
+        }
+        Some(old)
+    }
+
+    /// Keeps only the entries for which `keep` is true.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(u16, &V) -> bool) {
+        for index in 0..self.pages.len() {
+            let Some(page) = self.pages[index].as_mut() else {
+                continue;
+            };
+            for (at, slot) in page.slots.iter_mut().enumerate() {
+                if slot.as_ref().is_some_and(|v| !keep(id_of(index, at), v)) {
+                    *slot = None;
+                    page.used -= 1;
+                }
+            }
+            if page.used == 0 {
+                self.release(index);
+            }
+        }
+    }
+
+    /// Every entry, in ID order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u16, &V)> + '_ {
+        self.pages.iter().enumerate().flat_map(|(index, page)| {
+            page.iter().flat_map(move |page| {
+                page.slots
+                    .iter()
+                    .enumerate()
+                    .filter_map(move |(at, v)| v.as_ref().map(|v| (id_of(index, at), v)))
+            })
+        })
+    }
+
+    /// Frees an emptied page, or keeps it as the spare.
+    fn release(&mut self, index: usize) {
+        let page = self.pages[index].take();
+        if self.spare.is_none() {
+            self.spare = page;
+        }
+    }
+}
+
+fn id_of(page: usize, at: usize) -> u16 {
+    ((page * PAGE + at) as u16) << 1 | 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn odd_ids_only() {
+        let mut t = SlotTable::default();
+        assert_eq!(t.insert(1, 'a'), None);
+        assert_eq!(t.insert(65535, 'z'), None);
+        assert_eq!(t.get(1), Some(&'a'));
+        assert_eq!(t.get(0), None, "an even ID never aliases its odd neighbour");
+        assert_eq!(t.get(2), None);
+        assert_eq!(t.remove(2), None);
+        assert_eq!(t.iter().collect::<Vec<_>>(), [(1, &'a'), (65535, &'z')]);
+    }
+
+    #[test]
+    fn emptied_pages_are_freed_but_one_is_kept() {
+        let mut t = SlotTable::default();
+        t.insert(1, ());
+        t.insert(301, ());
+        t.remove(1);
+        t.remove(301);
+        assert!(t.pages.iter().all(Option::is_none));
+        assert!(t.spare.is_some());
+    }
+
+    #[test]
+    #[should_panic(expected = "only odd request IDs are stored")]
+    fn inserting_an_even_id_is_a_bug() {
+        SlotTable::default().insert(4, ());
+    }
+
+    proptest! {
+        #[test]
+        fn behaves_like_a_map(ops in proptest::collection::vec((0u8..4, any::<u16>(), any::<u8>()), 0..400)) {
+            let mut table = SlotTable::default();
+            let mut model = BTreeMap::new();
+            for (op, id, value) in ops {
+                let id = id | 1;
+                match op {
+                    0 => prop_assert_eq!(table.insert(id, value), model.insert(id, value)),
+                    1 => prop_assert_eq!(table.remove(id), model.remove(&id)),
+                    2 => prop_assert_eq!(table.get(id), model.get(&id)),
+                    _ => {
+                        table.retain(|_, v| v % 3 != 0);
+                        model.retain(|_, v| *v % 3 != 0);
+                    }
+                }
+                let listed: Vec<(u16, u8)> = table.iter().map(|(k, v)| (k, *v)).collect();
+                let expected: Vec<(u16, u8)> = model.iter().map(|(k, v)| (*k, *v)).collect();
+                prop_assert_eq!(listed, expected);
+            }
+        }
+    }
+}
