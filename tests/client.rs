@@ -110,6 +110,11 @@ where
 }
 
 /// Ten pending calls on `client`, spawned.
+/// The frames of `ten_calls`: each echo with data is a command-name frame
+/// and a data frame. A fake server that waits for all of them knows every
+/// call is in flight before it misbehaves.
+const TEN_CALLS_FRAMES: usize = 20;
+
 fn ten_calls(
     client: &Client,
 ) -> Vec<tokio::task::JoinHandle<Result<wiremux::engine::client::Response, Error>>> {
@@ -123,7 +128,7 @@ fn ten_calls(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_connection_fails_every_pending_call() {
-    let addr = fake_server(10, |mut stream| async move {
+    let addr = fake_server(TEN_CALLS_FRAMES, |mut stream| async move {
         stream.shutdown().await.unwrap();
         // Keep reading so the close is clean, until the client goes.
         let mut sink = Vec::new();
@@ -160,7 +165,7 @@ async fn a_closed_connection_fails_every_pending_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_connection_fails_every_pending_call() {
-    let addr = fake_server(10, |stream| async move {
+    let addr = fake_server(TEN_CALLS_FRAMES, |stream| async move {
         stream.set_zero_linger().unwrap();
         drop(stream);
     })
@@ -174,7 +179,7 @@ async fn a_reset_connection_fails_every_pending_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_protocol_error_fails_every_pending_call() {
-    let addr = fake_server(10, |mut stream| async move {
+    let addr = fake_server(TEN_CALLS_FRAMES, |mut stream| async move {
         let mut out = Vec::new();
         parse_frame("0 error-response protocol go away")
             .unwrap()
