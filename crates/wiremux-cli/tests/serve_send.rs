@@ -83,56 +83,45 @@ fn lines_can_be_given_as_arguments() {
     );
 }
 
-#[test]
-fn read_only_refuses_writes_and_they_have_no_effect() {
-    let serve = Serve::start(&["--listen", "127.0.0.1:0", "--read-only"]);
-    let out = send(
+/// `put key=k` with data `value`, then `get key=k`, through `send`: the
+/// lines each printed.
+fn put_then_get(addr: &str) -> (Vec<String>, Vec<String>) {
+    let put = send(
         &[
             "--connect",
-            &serve.listening,
+            addr,
             "1 command-name have-args|have-data put",
             r"1 command-argument eoa \x03\x00\x01\x00keyk",
             "1 command-data eos value",
         ],
         "",
     );
-    assert_eq!(lines(&out), ["1 error-response application permission denied: put needs write access and this connection is read-only"]);
-    let out = send(
+    let get = send(
         &[
             "--connect",
-            &serve.listening,
+            addr,
             "1 command-name have-args get",
             r"1 command-argument eoa \x03\x00\x01\x00keyk",
         ],
         "",
     );
-    assert_eq!(lines(&out), ["1 error-response application no such key: k"]);
+    (lines(&put), lines(&get))
+}
+
+#[test]
+fn read_only_refuses_writes_and_they_have_no_effect() {
+    let serve = Serve::start(&["--listen", "127.0.0.1:0", "--read-only"]);
+    let (put, get) = put_then_get(&serve.listening);
+    assert_eq!(put, ["1 error-response application permission denied: put needs write access and this connection is read-only"]);
+    assert_eq!(get, ["1 error-response application no such key: k"]);
 }
 
 #[test]
 fn writes_work_without_read_only() {
     let serve = Serve::start(&["--listen", "127.0.0.1:0"]);
-    let put = send(
-        &[
-            "--connect",
-            &serve.listening,
-            "1 command-name have-args|have-data put",
-            r"1 command-argument eoa \x03\x00\x01\x00keyk",
-            "1 command-data eos value",
-        ],
-        "",
-    );
-    assert_eq!(lines(&put), ["1 bytes-response eos ok"]);
-    let get = send(
-        &[
-            "--connect",
-            &serve.listening,
-            "1 command-name have-args get",
-            r"1 command-argument eoa \x03\x00\x01\x00keyk",
-        ],
-        "",
-    );
-    assert_eq!(lines(&get), ["1 bytes-response eos value"]);
+    let (put, get) = put_then_get(&serve.listening);
+    assert_eq!(put, ["1 bytes-response eos ok"]);
+    assert_eq!(get, ["1 bytes-response eos value"]);
 }
 
 #[test]
