@@ -2,27 +2,34 @@
 //!
 //! Client requests use odd IDs only, so the 32768 possible IDs are split
 //! into 256 pages of 128; a page is allocated when one of its IDs is first
-//! used and freed when its last one is, keeping one empty page aside so a
-//! connection cycling through its IDs does not allocate for every page it
-//! enters. A lookup is two array indexings, with no hashing, no probing and
-//! no rehashing as IDs come and go on the per-frame path.
+//! used and freed when its last one is. Up to [`SPARE_PAGES`] emptied pages
+//! are kept aside for reuse: a busy connection often answers everything in
+//! flight before reading more, emptying every page it uses at once, and
+//! must not free and allocate them again on every such round. A lookup is
+//! two array indexings, with no hashing, no probing and no rehashing as IDs
+//! come and go on the per-frame path.
 
 /// Odd IDs per page.
 const PAGE: usize = 128;
 /// Pages for all 32768 odd IDs.
 const PAGES: usize = (1 << 15) / PAGE;
+/// Emptied pages kept for reuse (2 KiB each for the reactor's slots).
+const SPARE_PAGES: usize = 4;
 
 struct Page<V> {
-    slots: [Option<V>; PAGE],
+    slots: Box<[Option<V>; PAGE]>,
     used: usize,
 }
 
 impl<V> Page<V> {
-    fn new() -> Box<Page<V>> {
-        Box::new(Page {
-            slots: std::array::from_fn(|_| None),
-            used: 0,
-        })
+    fn new() -> Page<V> {
+        // Built in place on the heap, not on the stack and then copied.
+        let slots: Box<[Option<V>; PAGE]> = std::iter::repeat_with(|| None)
+            .take(PAGE)
+            .collect::<Box<[Option<V>]>>()
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("exactly PAGE slots"));
+        Page { slots, used: 0 }
     }
 }
 
@@ -30,16 +37,16 @@ impl<V> Page<V> {
 /// finds nothing, and inserting one is a bug of the caller.
 pub(crate) struct SlotTable<V> {
     /// Empty until the first insert, then `PAGES` long.
-    pages: Vec<Option<Box<Page<V>>>>,
-    /// One emptied page kept for reuse.
-    spare: Option<Box<Page<V>>>,
+    pages: Vec<Option<Page<V>>>,
+    /// Emptied pages kept for reuse, at most `SPARE_PAGES`.
+    spare: Vec<Page<V>>,
 }
 
 impl<V> Default for SlotTable<V> {
     fn default() -> Self {
         SlotTable {
             pages: Vec::new(),
-            spare: None,
+            spare: Vec::new(),
         }
     }
 }
@@ -79,7 +86,7 @@ impl<V> SlotTable<V> {
             self.pages.resize_with(PAGES, || None);
         }
         let spare = &mut self.spare;
-        let page = self.pages[page].get_or_insert_with(|| spare.take().unwrap_or_else(Page::new));
+        let page = self.pages[page].get_or_insert_with(|| spare.pop().unwrap_or_else(Page::new));
         let old = page.slots[at].replace(value);
         if old.is_none() {
             page.used += 1;
@@ -128,11 +135,12 @@ impl<V> SlotTable<V> {
         })
     }
 
-    /// Frees an emptied page, or keeps it as the spare.
+    /// Frees an emptied page, or keeps it as a spare.
     fn release(&mut self, index: usize) {
-        let page = self.pages[index].take();
-        if self.spare.is_none() {
-            self.spare = page;
+        if let Some(page) = self.pages[index].take() {
+            if self.spare.len() < SPARE_PAGES {
+                self.spare.push(page);
+            }
         }
     }
 }
@@ -160,14 +168,22 @@ mod tests {
     }
 
     #[test]
-    fn emptied_pages_are_freed_but_one_is_kept() {
+    fn emptied_pages_are_freed_but_a_few_are_kept() {
         let mut t = SlotTable::default();
-        t.insert(1, ());
-        t.insert(301, ());
-        t.remove(1);
-        t.remove(301);
+        let ids: Vec<u16> = (0..SPARE_PAGES + 2)
+            .map(|p| (p * PAGE * 2 + 1) as u16)
+            .collect();
+        for &id in &ids {
+            t.insert(id, ());
+        }
+        for &id in &ids {
+            t.remove(id);
+        }
         assert!(t.pages.iter().all(Option::is_none));
-        assert!(t.spare.is_some());
+        assert_eq!(t.spare.len(), SPARE_PAGES);
+        // Reuse takes a spare rather than allocating.
+        t.insert(ids[0], ());
+        assert_eq!(t.spare.len(), SPARE_PAGES - 1);
     }
 
     #[test]
