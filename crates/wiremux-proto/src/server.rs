@@ -435,7 +435,15 @@ pub struct ServerReactor {
     defer_output: bool,
     input_ended: bool,
     deferred: Vec<Frame>,
+    /// Emptied assemblers kept for the next requests, at most
+    /// `SPARE_ASSEMBLERS`: most requests take two frames or more, and
+    /// reusing the box spares an allocation and a free for each.
+    #[allow(clippy::vec_box)] // the boxes themselves are what is reused
+    spare: Vec<Box<Assembler>>,
 }
+
+/// Emptied assemblers a reactor keeps for reuse (under 200 bytes each).
+const SPARE_ASSEMBLERS: usize = 64;
 
 impl Default for ServerReactor {
     fn default() -> Self {
@@ -461,6 +469,7 @@ impl ServerReactor {
             defer_output: false,
             input_ended: false,
             deferred: Vec::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -609,7 +618,14 @@ impl ServerReactor {
             data: Chunks::Empty,
             buffered: 0,
         };
-        self.slots.insert(id, Slot::Receiving(Box::new(asm)));
+        let boxed = match self.spare.pop() {
+            Some(mut spare) => {
+                *spare = asm;
+                spare
+            }
+            None => Box::new(asm),
+        };
+        self.slots.insert(id, Slot::Receiving(boxed));
         self.receiving += 1;
         Ok(self.want())
     }
@@ -658,23 +674,27 @@ impl ServerReactor {
                 state: State::CommandReceiving,
             });
         }
-        let Some(Slot::Receiving(asm)) = self.slots.insert(id, Slot::Active) else {
+        let Some(Slot::Receiving(mut asm)) = self.slots.insert(id, Slot::Active) else {
             unreachable!("slot was receiving")
         };
         self.receiving -= 1;
         self.active += 1;
         self.buffered -= asm.buffered;
         let data = if asm.have_data {
-            Some(asm.data.finish())
+            Some(std::mem::take(&mut asm.data).finish())
         } else {
             None
         };
-        Ok(Action::RunCommand(Command {
+        let command = Command {
             request_id: id,
-            command: asm.command,
-            args: asm.args,
+            command: std::mem::take(&mut asm.command),
+            args: std::mem::take(&mut asm.args),
             data,
-        }))
+        };
+        if self.spare.len() < SPARE_ASSEMBLERS {
+            self.spare.push(asm);
+        }
+        Ok(Action::RunCommand(command))
     }
 
     /// Tells the reactor that the response of `request_id` has been sent in
