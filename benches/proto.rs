@@ -9,7 +9,7 @@
 
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use wiremux::proto::builder::CommandBuilder;
+use wiremux::proto::builder::{encode_bytes_response, CommandBuilder};
 use wiremux::proto::server::{Action, ServerReactor};
 use wiremux::proto::{Flags, Frame, FrameCodec, FrameType};
 
@@ -154,6 +154,41 @@ fn reactor(c: &mut Criterion) {
                 let mut ran = 0;
                 while let Some(frame) = codec.decode_frame(&mut buf).unwrap() {
                     if let Action::RunCommand(cmd) = r.on_frame(frame) {
+                        r.on_response_finished(cmd.request_id);
+                        ran += 1;
+                    }
+                }
+                assert_eq!(ran, SMALL_BATCH);
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    // What the engine does per 32-byte echo at the protocol level: decode a
+    // command-name frame and its data frame, assemble, and encode the
+    // response frame.
+    let echo_wire = wire_of(
+        &(0..SMALL_BATCH)
+            .flat_map(|i| {
+                CommandBuilder::new("echo")
+                    .data(Bytes::from(vec![b'e'; 32]))
+                    .frames((2 * i + 1) as u16, 32768)
+                    .unwrap()
+            })
+            .collect::<Vec<_>>(),
+    );
+    let mut r = ServerReactor::new();
+    let mut out = BytesMut::with_capacity(64 << 10);
+    group.bench_function("echo-from-bytes", |b| {
+        b.iter_batched(
+            || BytesMut::from(&echo_wire[..]),
+            |mut buf| {
+                let mut ran = 0;
+                out.clear();
+                while let Some(frame) = codec.decode_frame(&mut buf).unwrap() {
+                    if let Action::RunCommand(cmd) = r.on_frame(frame) {
+                        let data = cmd.data.unwrap_or_default();
+                        encode_bytes_response(cmd.request_id, &data, true, 32768, &mut out);
                         r.on_response_finished(cmd.request_id);
                         ran += 1;
                     }
