@@ -9,7 +9,9 @@ use common::{sorted, wait_idle, wait_stats, within, Raw};
 use futures::StreamExt;
 use std::time::Duration;
 use wiremux::engine::client::Error;
-use wiremux::engine::{demo, Client, CommandError, Config, Permission, Request, Response, Server};
+use wiremux::engine::{
+    demo, Client, CommandError, Config, Permission, Request, Response, Server, SyncHandler,
+};
 use wiremux::proto::builder::CommandBuilder;
 
 fn sleep(ms: u64) -> CommandBuilder {
@@ -147,6 +149,18 @@ async fn handler_panicking_before_returning_its_future() {
         let n: u64 = req.arg_str("n").unwrap().parse().unwrap();
         async move { Ok(Response::bytes(n.to_string())) }
     })
+    .await;
+    panic_is_contained(server, client, "boom").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_handler_panicking() {
+    // A synchronous handler runs on the connection's own task: its panic
+    // must still end only its own request.
+    let (server, client) = with_command(
+        "boom",
+        SyncHandler(|_req: Request| -> Result<Response, CommandError> { panic!("boom in sync") }),
+    )
     .await;
     panic_is_contained(server, client, "boom").await;
 }

@@ -22,7 +22,7 @@
 //! channel.
 
 use crate::handler::{
-    Body, CommandError, HandlerFuture, Permission, Request, Response, TaggedBody as Tagged,
+    Body, CommandError, HandlerFuture, Permission, Request, Response, Started, TaggedBody as Tagged,
 };
 use crate::server::Shared;
 use crate::stats::LocalStats;
@@ -575,7 +575,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         let started =
             std::panic::catch_unwind(AssertUnwindSafe(|| registry.start(request, self.granted)));
         let mut fut = match started {
-            Ok(Ok(fut)) => fut,
+            Ok(Ok(Started::Ready(outcome))) => return self.deliver(id, outcome),
+            Ok(Ok(Started::Pending(fut))) => fut,
             Ok(Err(refusal)) => {
                 return self.deliver(id, Err(CommandError::new(refusal.to_string())))
             }

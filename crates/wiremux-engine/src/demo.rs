@@ -1,7 +1,7 @@
 //! The demo commands that `wiremux serve` and `wiremux load` use, and that
 //! the tests rely on: `echo`, `sleep`, `spin`, `blob`, `put`, `get`, `fail`.
 
-use crate::handler::{CommandError, Permission, Registry, Request, Response};
+use crate::handler::{CommandError, Permission, Registry, Request, Response, SyncHandler};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -36,31 +36,42 @@ fn pattern() -> &'static Bytes {
 pub fn registry() -> Registry {
     let mut registry = Registry::new();
     let store: Arc<Mutex<HashMap<Bytes, Bytes>>> = Arc::default();
-    // The data moves into the response: no reference-count traffic.
-    registry.insert("echo", Permission::Read, |req: Request| async move {
-        Ok(Response::bytes(req.data.unwrap_or_default()))
-    });
+    // Commands that answer from memory are synchronous: they run the moment
+    // their request is complete, with no future to allocate. The echoed
+    // data moves into the response: no reference-count traffic.
+    registry.insert(
+        "echo",
+        Permission::Read,
+        SyncHandler(|req: Request| Ok(Response::bytes(req.data.unwrap_or_default()))),
+    );
     registry.insert("sleep", Permission::Read, sleep);
     registry.insert("spin", Permission::Read, spin);
     registry.insert("blob", Permission::Read, blob);
-    registry.insert("fail", Permission::Read, |req: Request| async move {
-        Err(CommandError::new(req.arg_str("message")?.to_string()))
-    });
+    registry.insert(
+        "fail",
+        Permission::Read,
+        SyncHandler(|req: Request| Err(CommandError::new(req.arg_str("message")?.to_string()))),
+    );
     let put_store = store.clone();
-    registry.insert("put", Permission::Write, move |req: Request| {
-        let store = put_store.clone();
-        async move {
+    registry.insert(
+        "put",
+        Permission::Write,
+        SyncHandler(move |req: Request| {
             let key = req
                 .arg("key")
                 .ok_or_else(|| CommandError::new("missing argument: key"))?
                 .clone();
-            store.lock().expect("store lock").insert(key, req.data());
+            put_store
+                .lock()
+                .expect("store lock")
+                .insert(key, req.data());
             Ok(Response::bytes("ok"))
-        }
-    });
-    registry.insert("get", Permission::Read, move |req: Request| {
-        let store = store.clone();
-        async move {
+        }),
+    );
+    registry.insert(
+        "get",
+        Permission::Read,
+        SyncHandler(move |req: Request| {
             let key = req
                 .arg("key")
                 .ok_or_else(|| CommandError::new("missing argument: key"))?;
@@ -68,8 +79,8 @@ pub fn registry() -> Registry {
             value.map(Response::bytes).ok_or_else(|| {
                 CommandError::new(format!("no such key: {}", String::from_utf8_lossy(key)))
             })
-        }
-    });
+        }),
+    );
     registry
 }
 

@@ -1,10 +1,12 @@
 //! Commands: what a handler receives, what it returns, and the registry
 //! that maps command names to handlers and permissions.
 //!
-//! A handler is an `async fn(Request) -> Result<Response, CommandError>`, or
-//! a tower `Service<Request>` with the same response and error types. A
-//! response is either whole bytes or a stream of chunks, each sent as soon
-//! as it is produced.
+//! A handler is an `async fn(Request) -> Result<Response, CommandError>`, a
+//! tower `Service<Request>` with the same response and error types, or, for
+//! a command that answers without waiting, a plain
+//! `fn(Request) -> Result<Response, CommandError>` wrapped in
+//! [`SyncHandler`]. A response is either whole bytes or a stream of chunks,
+//! each sent as soon as it is produced.
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -197,12 +199,48 @@ pub enum Permission {
 /// The future a handler returns.
 pub type HandlerFuture = BoxFuture<'static, Result<Response, CommandError>>;
 
+/// A started command: answered at once, or a future to drive.
+pub enum Started {
+    /// The outcome, known without waiting.
+    Ready(Result<Response, CommandError>),
+    /// The command runs on: poll the future for its outcome.
+    Pending(HandlerFuture),
+}
+
+impl Started {
+    /// The outcome as a future, whichever way the command started.
+    pub fn into_future(self) -> HandlerFuture {
+        match self {
+            Started::Ready(outcome) => futures::future::ready(outcome).boxed(),
+            Started::Pending(fut) => fut,
+        }
+    }
+}
+
+impl fmt::Debug for Started {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Started::Ready(outcome) => f.debug_tuple("Ready").field(outcome).finish(),
+            Started::Pending(_) => f.write_str("Pending(..)"),
+        }
+    }
+}
+
 /// Something that runs a command. Implemented for async functions and
 /// closures `Fn(Request) -> impl Future<Output = Result<Response, CommandError>>`;
-/// wrap a tower service in [`ServiceHandler`].
+/// wrap a tower service in [`ServiceHandler`] and a synchronous function in
+/// [`SyncHandler`].
 pub trait Handler: Send + Sync + 'static {
     /// Starts the command.
     fn call(&self, request: Request) -> HandlerFuture;
+
+    /// Starts the command, answering at once if it can. Transports call
+    /// this: a handler that knows its outcome without waiting returns
+    /// [`Started::Ready`] and spares the boxed future. The default wraps
+    /// [`Handler::call`].
+    fn start(&self, request: Request) -> Started {
+        Started::Pending(self.call(request))
+    }
 }
 
 impl<F, Fut> Handler for F
@@ -236,6 +274,36 @@ where
             service.call(request).await
         }
         .boxed()
+    }
+}
+
+/// A synchronous function as a handler: `Fn(Request) -> Result<Response,
+/// CommandError>`. It runs on the connection's task the moment its command
+/// is complete, with no future and no allocation, so it suits commands that
+/// answer from memory (echo, a map lookup). It must not block: anything
+/// that waits or computes for long belongs in an async handler.
+///
+/// ```
+/// use wiremux_engine::{Permission, Request, Response, Server, SyncHandler};
+///
+/// let server = Server::builder()
+///     .command("ping", Permission::Read, SyncHandler(|_: Request| Ok(Response::bytes("pong"))))
+///     .build();
+/// # drop(server);
+/// ```
+#[derive(Debug, Clone)]
+pub struct SyncHandler<F>(pub F);
+
+impl<F> Handler for SyncHandler<F>
+where
+    F: Fn(Request) -> Result<Response, CommandError> + Send + Sync + 'static,
+{
+    fn call(&self, request: Request) -> HandlerFuture {
+        futures::future::ready((self.0)(request)).boxed()
+    }
+
+    fn start(&self, request: Request) -> Started {
+        Started::Ready((self.0)(request))
     }
 }
 
@@ -339,10 +407,78 @@ impl Registry {
         self.resolve(name, granted).map(|e| e.permission)
     }
 
-    /// Runs a command through its handler, after the permission check.
+    /// Starts a command through its handler, after the permission check.
     /// This is the one path to a handler: every transport calls it.
-    pub fn start(&self, request: Request, granted: Permission) -> Result<HandlerFuture, Refusal> {
+    pub fn start(&self, request: Request, granted: Permission) -> Result<Started, Refusal> {
         let entry = self.resolve(&request.name, granted)?;
-        Ok(entry.handler.call(request))
+        Ok(entry.handler.start(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> Registry {
+        let mut registry = Registry::new();
+        registry.insert(
+            "now",
+            Permission::Read,
+            SyncHandler(|req: Request| Ok(Response::bytes(req.data()))),
+        );
+        registry.insert("later", Permission::Read, |req: Request| async move {
+            Ok(Response::bytes(req.data()))
+        });
+        registry.insert(
+            "put",
+            Permission::Write,
+            SyncHandler(|_: Request| Ok(Response::bytes("ok"))),
+        );
+        registry
+    }
+
+    fn body(outcome: Result<Response, CommandError>) -> Bytes {
+        match outcome.expect("success").body {
+            Body::Bytes(b) => b,
+            Body::Stream(_) => panic!("expected bytes"),
+        }
+    }
+
+    #[test]
+    fn sync_handlers_answer_at_once_and_async_ones_give_a_future() {
+        let registry = registry();
+        let request = |name: &str| Request::new(name.to_string()).with_data("x");
+        match registry.start(request("now"), Permission::Read) {
+            Ok(Started::Ready(outcome)) => assert_eq!(body(outcome), "x"),
+            other => panic!("expected a ready outcome, got {other:?}"),
+        }
+        match registry.start(request("later"), Permission::Read) {
+            Ok(Started::Pending(fut)) => {
+                assert_eq!(body(futures::executor::block_on(fut)), "x")
+            }
+            other => panic!("expected a future, got {other:?}"),
+        }
+        // Either way, a transport that wants a future gets the same outcome.
+        let started = registry.start(request("now"), Permission::Read).unwrap();
+        assert_eq!(
+            body(futures::executor::block_on(started.into_future())),
+            "x"
+        );
+    }
+
+    #[test]
+    fn sync_handlers_are_permission_checked_like_any_other() {
+        let registry = registry();
+        let err = registry
+            .start(Request::new("put"), Permission::Read)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "permission denied: put needs write access and this connection is read-only"
+        );
+        let err = registry
+            .start(Request::new("nope"), Permission::Write)
+            .unwrap_err();
+        assert_eq!(err, Refusal::Unknown("nope".into()));
     }
 }

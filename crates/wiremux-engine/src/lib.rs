@@ -37,7 +37,7 @@ pub use client::Client;
 pub use config::Config;
 pub use handler::{
     Body, CommandError, Handler, HandlerFuture, Permission, Refusal, Registry, Request, Response,
-    ServiceHandler, TaggedBody,
+    ServiceHandler, Started, SyncHandler, TaggedBody,
 };
 pub use server::{is_transient_accept_error, Server, ServerBuilder};
 pub use stats::StatsSnapshot;

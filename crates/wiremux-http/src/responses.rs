@@ -72,7 +72,7 @@ impl Responses {
                 data: command.data,
             };
             let handler = match server.registry().start(request, granted) {
-                Ok(handler) => handler,
+                Ok(started) => started.into_future(),
                 Err(refusal) => {
                     let action = responses
                         .reactor
