@@ -405,6 +405,8 @@ fn histogram() -> Histogram<u64> {
 
 struct Setup {
     name: &'static str,
+    /// The name of the server's thread, for its CPU time.
+    server_thread: &'static str,
     conn: Conn,
 }
 
@@ -431,22 +433,27 @@ impl Env {
             vec![
                 Setup {
                     name: "wiremux/engine-client",
+                    server_thread: "wiremux",
                     conn: Conn::Engine(Client::connect(wiremux).await.expect("connect")),
                 },
                 Setup {
                     name: "wiremux/raw-client",
+                    server_thread: "wiremux",
                     conn: Conn::Raw(RawClient::connect(wiremux).await),
                 },
                 Setup {
                     name: "in-order/raw-client",
+                    server_thread: "wiremux-in-order",
                     conn: Conn::Raw(RawClient::connect(in_order).await),
                 },
                 Setup {
                     name: "hyper-h2",
+                    server_thread: "hyper-h2",
                     conn: Conn::Hyper(hyper_connect(hyper).await),
                 },
                 Setup {
                     name: "raw-frame",
+                    server_thread: "raw-frame",
                     conn: Conn::Raw(RawClient::connect(raw).await),
                 },
             ]
@@ -494,6 +501,9 @@ struct Row {
     p50: u64,
     p99: u64,
     p999: u64,
+    /// CPU time per request of the server's and the client's thread.
+    server_ns: f64,
+    client_ns: f64,
 }
 
 /// Latency and throughput per configuration, and the mixed run, measured
@@ -519,8 +529,12 @@ fn summary(env: &mut Env) -> String {
             let took = rt.block_on(setup.conn.run(probe, w, &load, payload, None));
             let n = ((probe as f64 / took.as_secs_f64() * secs) as u64).clamp(probe, 20_000_000);
             let mut hist = histogram();
+            let cpu_before = (thread_cpu(setup.server_thread), own_cpu());
             let took = rt.block_on(setup.conn.run(n, w, &load, payload, Some(&mut hist)));
+            let per_request = |before: u64, after: u64| (after - before) as f64 / n as f64;
             rows.push(Row {
+                server_ns: per_request(cpu_before.0, thread_cpu(setup.server_thread)),
+                client_ns: per_request(cpu_before.1, own_cpu()),
                 w,
                 name: setup.name,
                 rate: n as f64 / took.as_secs_f64(),
@@ -539,7 +553,7 @@ fn summary(env: &mut Env) -> String {
     );
     let _ = writeln!(
         out,
-        "\n{:>4}  {:<22} {:>12} {:>10} {:>10} {:>10}  {:>9} {:>9}",
+        "\n{:>4}  {:<22} {:>12} {:>10} {:>10} {:>10}  {:>9} {:>9}  {:>10} {:>10}",
         "W",
         "configuration",
         "requests/s",
@@ -547,7 +561,9 @@ fn summary(env: &mut Env) -> String {
         "p99 µs",
         "p99.9 µs",
         "/raw-frame",
-        "/hyper-h2"
+        "/hyper-h2",
+        "server ns",
+        "client ns"
     );
     for row in &rows {
         let rate_of = |name: &str| {
@@ -558,7 +574,7 @@ fn summary(env: &mut Env) -> String {
         };
         let _ = writeln!(
             out,
-            "{:>4}  {:<22} {:>12.0} {:>10.1} {:>10.1} {:>10.1}  {:>9.3} {:>9.2}",
+            "{:>4}  {:<22} {:>12.0} {:>10.1} {:>10.1} {:>10.1}  {:>9.3} {:>9.2}  {:>10.0} {:>10.0}",
             row.w,
             row.name,
             row.rate,
@@ -567,8 +583,14 @@ fn summary(env: &mut Env) -> String {
             row.p999 as f64 / 1e3,
             row.rate / rate_of("raw-frame"),
             row.rate / rate_of("hyper-h2"),
+            row.server_ns,
+            row.client_ns,
         );
     }
+    let _ = writeln!(
+        out,
+        "server ns, client ns: CPU time per request of the server's and the client's thread"
+    );
 
     // The mixed run: fast requests behind slow ones.
     let slow = CommandBuilder::new("sleep").arg("ms", SLOW_MS);
@@ -614,6 +636,35 @@ fn summary(env: &mut Env) -> String {
     );
     let _ = writeln!(out, "load average after: {}", loadavg());
     out
+}
+
+/// CPU time so far, in nanoseconds, of this process's thread called `name`
+/// (from /proc; 0 where that is not available).
+fn thread_cpu(name: &str) -> u64 {
+    // The kernel keeps the first 15 bytes of a thread's name.
+    let comm: String = name.chars().take(15).collect();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .find(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim_end() == comm)
+        })
+        .map_or(0, |task| schedstat_ns(&task.path().join("schedstat")))
+}
+
+/// CPU time so far of the calling thread, in nanoseconds.
+fn own_cpu() -> u64 {
+    schedstat_ns(std::path::Path::new("/proc/thread-self/schedstat"))
+}
+
+/// The first field of a schedstat file: nanoseconds spent on a CPU.
+fn schedstat_ns(path: &std::path::Path) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn loadavg() -> String {
