@@ -150,6 +150,7 @@ impl FrameCodec {
     /// Returns `Ok(None)` when `src` does not yet hold a whole frame; in that
     /// case `src` has been reserved for the rest of the frame and nothing was
     /// consumed.
+    #[inline]
     pub fn decode_frame(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
         let Some(head) = src.first_chunk::<HEADER_LEN>() else {
             return Ok(None);

@@ -181,6 +181,7 @@ pub struct Header {
 
 impl Header {
     /// Parses the six header bytes.
+    #[inline]
     pub fn parse(bytes: &[u8; HEADER_LEN]) -> Header {
         Header {
             length: usize::from(bytes[0])

@@ -398,6 +398,7 @@ enum Chunks {
 }
 
 impl Chunks {
+    #[inline]
     fn push(&mut self, more: Bytes) {
         *self = match std::mem::take(self) {
             Chunks::Empty => Chunks::One(more),
@@ -414,6 +415,7 @@ impl Chunks {
         }
     }
 
+    #[inline]
     fn finish(self) -> Bytes {
         match self {
             Chunks::Empty => Bytes::new(),
@@ -653,11 +655,22 @@ impl ServerReactor {
                 self.limits.max_connection_bytes,
             ));
         }
+        let mut whole_data = None;
         let complete = match (frame.frame_type, asm.phase) {
             (FrameType::COMMAND_ARGUMENT, Phase::Arguments) => {
                 asm.on_argument(frame, self.limits.max_args)?
             }
-            (FrameType::COMMAND_DATA, Phase::Data) => asm.on_data(frame)?,
+            (FrameType::COMMAND_DATA, Phase::Data) => {
+                let eos = data_eos(frame.flags)?;
+                if eos && matches!(asm.data, Chunks::Empty) {
+                    // All the data in one frame, the common case: it goes
+                    // straight into the command, not through the assembler.
+                    whole_data = Some(frame.payload);
+                } else if !frame.payload.is_empty() {
+                    asm.data.push(frame.payload);
+                }
+                eos
+            }
             (got, phase) => {
                 let expected = match phase {
                     Phase::Arguments => "command-argument",
@@ -681,7 +694,7 @@ impl ServerReactor {
         self.active += 1;
         self.buffered -= asm.buffered;
         let data = if asm.have_data {
-            Some(std::mem::take(&mut asm.data).finish())
+            Some(whole_data.unwrap_or_else(|| std::mem::take(&mut asm.data).finish()))
         } else {
             None
         };
@@ -893,23 +906,18 @@ impl Assembler {
             true
         }
     }
+}
 
-    /// Takes one data frame; `Ok(true)` when the command is complete.
-    fn on_data(&mut self, frame: Frame) -> Result<bool, ErrorKind> {
-        let eos = match frame.flags.bits() {
-            Flags::CONTINUATION => false,
-            Flags::DATA_EOS => true,
-            _ => {
-                return Err(ErrorKind::BadDataFlags(format_flags(
-                    FrameType::COMMAND_DATA,
-                    frame.flags,
-                )))
-            }
-        };
-        if !frame.payload.is_empty() {
-            self.data.push(frame.payload);
-        }
-        Ok(eos)
+/// Whether a data frame's flags end the data; an error for flags a data
+/// frame may not carry.
+fn data_eos(flags: Flags) -> Result<bool, ErrorKind> {
+    match flags.bits() {
+        Flags::CONTINUATION => Ok(false),
+        Flags::DATA_EOS => Ok(true),
+        _ => Err(ErrorKind::BadDataFlags(format_flags(
+            FrameType::COMMAND_DATA,
+            flags,
+        ))),
     }
 }
 

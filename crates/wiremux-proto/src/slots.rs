@@ -66,11 +66,13 @@ fn locate(id: u16) -> Option<(usize, usize)> {
 }
 
 impl<V> SlotTable<V> {
+    #[inline]
     pub(crate) fn get(&self, id: u16) -> Option<&V> {
         let (page, at) = locate(id)?;
         self.pages.get(page)?.as_ref()?.slots[at].as_ref()
     }
 
+    #[inline]
     pub(crate) fn get_mut(&mut self, id: u16) -> Option<&mut V> {
         let (page, at) = locate(id)?;
         self.pages.get_mut(page)?.as_mut()?.slots[at].as_mut()
@@ -80,6 +82,7 @@ impl<V> SlotTable<V> {
     ///
     /// # Panics
     /// If `id` is even.
+    #[inline(always)]
     pub(crate) fn insert(&mut self, id: u16, value: V) -> Option<V> {
         let (page, at) = locate(id).expect("only odd request IDs are stored");
         if self.pages.is_empty() {
@@ -94,6 +97,7 @@ impl<V> SlotTable<V> {
         old
     }
 
+    #[inline]
     pub(crate) fn remove(&mut self, id: u16) -> Option<V> {
         let (index, at) = locate(id)?;
         let page = self.pages.get_mut(index)?.as_mut()?;
