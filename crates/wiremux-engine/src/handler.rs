@@ -314,15 +314,19 @@ pub(crate) struct Entry {
     pub(crate) handler: Arc<dyn Handler>,
 }
 
-/// FNV-1a over the command name. Command names are short and looked up
-/// once per request; the map only ever holds the registered names, so a
-/// peer choosing names cannot crowd it, and a keyed hash buys nothing here.
-#[derive(Clone, Copy)]
+/// A multiply-xorshift hash over the command name, eight bytes at a time.
+/// Command names are short and looked up once per request; the map only
+/// ever holds the registered names, so a peer choosing names cannot crowd
+/// it, and a keyed hash buys nothing here.
+#[derive(Clone, Copy, Default)]
 struct NameHasher(u64);
 
-impl Default for NameHasher {
-    fn default() -> Self {
-        NameHasher(0xcbf2_9ce4_8422_2325)
+impl NameHasher {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0 ^ word).wrapping_mul(Self::K);
+        self.0 ^= self.0 >> 29;
     }
 }
 
@@ -330,10 +334,26 @@ impl std::hash::Hasher for NameHasher {
     fn finish(&self) -> u64 {
         self.0
     }
+
     fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            self.mix(u64::from_le_bytes(word.try_into().expect("eight bytes")));
         }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            // Assembled in a register: a copy through memory here would
+            // cost more than the whole hash.
+            let last = rest
+                .iter()
+                .rev()
+                .fold(0u64, |word, &b| word << 8 | u64::from(b));
+            self.mix(last);
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.mix(n as u64);
     }
 }
 
