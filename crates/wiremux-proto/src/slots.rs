@@ -1,45 +1,44 @@
 //! The reactor's per-request state, indexed directly by request ID.
 //!
 //! Client requests use odd IDs only, so the 32768 possible IDs are split
-//! into 256 pages of 128; a page is allocated when one of its IDs is first
-//! used and freed when its last one is. Up to [`SPARE_PAGES`] emptied pages
-//! are kept aside for reuse: a busy connection often answers everything in
-//! flight before reading more, emptying every page it uses at once, and
-//! must not free and allocate them again on every such round. A lookup is
-//! two array indexings, with no hashing, no probing and no rehashing as IDs
-//! come and go on the per-frame path.
+//! into 512 pages of 64; a page is allocated when one of its IDs is first
+//! used and freed when its last one is, and the page directory grows only
+//! as far as the highest page used (clients allocate IDs from the bottom,
+//! so a connection with a few hundred requests in flight needs a handful
+//! of entries). Up to [`SPARE_PAGES`] emptied pages are kept aside for
+//! reuse: a busy connection often answers everything in flight before
+//! reading more, emptying every page it uses at once, and must not free
+//! and allocate them again on every such round. A lookup is two array
+//! indexings, with no hashing, no probing and no rehashing as IDs come and
+//! go on the per-frame path.
 
 /// Odd IDs per page.
-const PAGE: usize = 128;
-/// Pages for all 32768 odd IDs.
-const PAGES: usize = (1 << 15) / PAGE;
-/// Emptied pages kept for reuse (2 KiB each for the reactor's slots).
+const PAGE: usize = 64;
+/// Emptied pages kept for reuse (1 KiB each for the reactor's slots): as
+/// many as a window of 256 requests spans.
 const SPARE_PAGES: usize = 4;
 
 struct Page<V> {
-    slots: Box<[Option<V>; PAGE]>,
+    slots: [Option<V>; PAGE],
     used: usize,
 }
 
 impl<V> Page<V> {
-    fn new() -> Page<V> {
-        // Built in place on the heap, not on the stack and then copied.
-        let slots: Box<[Option<V>; PAGE]> = std::iter::repeat_with(|| None)
-            .take(PAGE)
-            .collect::<Box<[Option<V>]>>()
-            .try_into()
-            .unwrap_or_else(|_| unreachable!("exactly PAGE slots"));
-        Page { slots, used: 0 }
+    fn new() -> Box<Page<V>> {
+        Box::new(Page {
+            slots: std::array::from_fn(|_| None),
+            used: 0,
+        })
     }
 }
 
 /// Values by odd request ID. Even IDs are never stored: a lookup of one
 /// finds nothing, and inserting one is a bug of the caller.
 pub(crate) struct SlotTable<V> {
-    /// Empty until the first insert, then `PAGES` long.
-    pages: Vec<Option<Page<V>>>,
+    /// The page directory, as long as the highest page used so far.
+    pages: Vec<Option<Box<Page<V>>>>,
     /// Emptied pages kept for reuse, at most `SPARE_PAGES`.
-    spare: Vec<Page<V>>,
+    spare: Vec<Box<Page<V>>>,
 }
 
 impl<V> Default for SlotTable<V> {
@@ -85,8 +84,8 @@ impl<V> SlotTable<V> {
     #[inline(always)]
     pub(crate) fn insert(&mut self, id: u16, value: V) -> Option<V> {
         let (page, at) = locate(id).expect("only odd request IDs are stored");
-        if self.pages.is_empty() {
-            self.pages.resize_with(PAGES, || None);
+        if page >= self.pages.len() {
+            self.pages.resize_with(page + 1, || None);
         }
         let spare = &mut self.spare;
         let page = self.pages[page].get_or_insert_with(|| spare.pop().unwrap_or_else(Page::new));
@@ -188,6 +187,24 @@ mod tests {
         // Reuse takes a spare rather than allocating.
         t.insert(ids[0], ());
         assert_eq!(t.spare.len(), SPARE_PAGES - 1);
+    }
+
+    #[test]
+    fn the_directory_grows_only_as_far_as_the_highest_page_used() {
+        let mut t = SlotTable::default();
+        t.insert(1, ());
+        t.insert(2 * PAGE as u16 - 1, ());
+        assert_eq!(
+            t.pages.len(),
+            1,
+            "the first page holds IDs 1..{}",
+            2 * PAGE - 1
+        );
+        t.insert(2 * PAGE as u16 + 1, ());
+        assert_eq!(t.pages.len(), 2);
+        t.insert(65535, ());
+        assert_eq!(t.pages.len(), (1 << 15) / PAGE);
+        assert_eq!(t.get(65535), Some(&()));
     }
 
     #[test]
