@@ -37,7 +37,9 @@ pub struct Config {
     /// more output from responses and stops reading. Default 128 KiB.
     pub write_high_water: usize,
     /// A handler that runs longer is cancelled and its request answered
-    /// with a timeout error. Default: none.
+    /// with a timeout error. Default: none. A handler that is ready at its
+    /// first poll, and any [`SyncHandler`](crate::SyncHandler), has
+    /// finished before a deadline could apply.
     pub request_deadline: Option<Duration>,
     /// A request whose frames are still arriving after this long with no
     /// command completing on the connection closes the connection with a
