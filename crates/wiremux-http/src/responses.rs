@@ -2,8 +2,11 @@
 //! yields their frames in completion order.
 //!
 //! Every command is started (through [`Registry::start`], the one path to a
-//! handler) as its own task on the runtime when the body is made, so they
-//! all run concurrently whether or not the client reads yet. The body owns
+//! handler) when the body is made. One that answers at once (a
+//! `SyncHandler`) has its frames ready before the first read; the others
+//! run as their own tasks on the runtime, concurrently, whether or not the
+//! client reads yet. A handler that panics while starting, or later in its
+//! task, answers its own request with an application error. The body owns
 //! the reactor: each outcome goes through it, which builds the frames
 //! (split at the server's maximum payload) and frees the request ID.
 //! A streamed response is sent chunk by chunk as the client reads; its
@@ -17,15 +20,19 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesUnordered, StreamFuture};
 use futures::{Stream, StreamExt};
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::task::{Id, JoinSet};
 use tracing::Instrument;
-use wiremux_engine::{Body, CommandError, Permission, Request, Response, Server};
+use wiremux_engine::{Body, CommandError, Permission, Request, Response, Server, Started};
 use wiremux_proto::builder::encode_bytes_response;
 use wiremux_proto::server::{Action, Command, ServerReactor};
 
 type Outcome = Result<Response, CommandError>;
+
+/// What a request whose handler panicked is answered with.
+const PANICKED: &str = "command failed: the handler panicked";
 type Tagged = wiremux_engine::TaggedBody;
 
 /// The frames of every command's response, as encoded bytes, in the order
@@ -71,12 +78,29 @@ impl Responses {
                 args: command.args,
                 data: command.data,
             };
-            let handler = match server.registry().start(request, granted) {
-                Ok(started) => started.into_future(),
-                Err(refusal) => {
+            // `start` runs user code: a synchronous handler, or a closure
+            // that panics before it returns its future.
+            let registry = server.registry();
+            let started =
+                std::panic::catch_unwind(AssertUnwindSafe(|| registry.start(request, granted)));
+            let handler = match started {
+                Ok(Ok(Started::Pending(handler))) => handler,
+                Ok(Ok(Started::Ready(outcome))) => {
+                    let mut out = std::mem::take(&mut responses.ready);
+                    responses.on_outcome(id, outcome, &mut out);
+                    responses.ready = out;
+                    continue;
+                }
+                Ok(Err(refusal)) => {
                     let action = responses
                         .reactor
                         .on_application_error(id, &refusal.to_string());
+                    encode(action, &mut responses.ready);
+                    continue;
+                }
+                Err(_panic) => {
+                    tracing::warn!(id, "command handler panicked");
+                    let action = responses.reactor.on_application_error(id, PANICKED);
                     encode(action, &mut responses.ready);
                     continue;
                 }
@@ -177,7 +201,7 @@ impl Stream for Responses {
                     let id = this.task_ids.remove(&err.id()).unwrap_or_default();
                     let message = if err.is_panic() {
                         tracing::warn!(id, "command handler panicked");
-                        "command failed: the handler panicked"
+                        PANICKED
                     } else {
                         "command failed: the handler was cancelled"
                     };

@@ -11,7 +11,9 @@ use hyper::{Method, Request, StatusCode};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wiremux_engine::{demo, CommandError, Config, Permission, Request as Cmd, Response, Server};
+use wiremux_engine::{
+    demo, CommandError, Config, Permission, Request as Cmd, Response, Server, SyncHandler,
+};
 use wiremux_http::{HttpClient, HttpOptions, MEDIA_TYPE};
 use wiremux_proto::human::{format_frame, parse_frame};
 
@@ -36,6 +38,17 @@ impl Api {
                 panic!("boom");
             }
             Ok::<Response, CommandError>(Response::bytes(""))
+        });
+        // A synchronous handler, and a closure that panics before it
+        // returns its future: both panic inside `Registry::start`.
+        registry.insert(
+            "boom-sync",
+            Permission::Read,
+            SyncHandler(|_req: Cmd| -> Result<Response, CommandError> { panic!("boom") }),
+        );
+        registry.insert("boom-early", Permission::Read, |req: Cmd| {
+            let n: u64 = req.arg_str("n").unwrap().parse().unwrap();
+            async move { Ok::<Response, CommandError>(Response::bytes(n.to_string())) }
         });
         registry.insert("hang", Permission::Read, |_req: Cmd| async move {
             let _guard = DropCount;
@@ -389,6 +402,17 @@ async fn a_single_command_url_runs_its_command() {
         api.frames("ro/boom", &["1 command-name eos boom"]).await,
         ["1 error-response application command failed: the handler panicked"]
     );
+    for name in ["boom-sync", "boom-early"] {
+        assert_eq!(
+            api.frames(
+                &format!("ro/{name}"),
+                &[&format!("1 command-name eos {name}")]
+            )
+            .await,
+            ["1 error-response application command failed: the handler panicked"],
+            "{name}"
+        );
+    }
     // The server is still fine after a panic.
     assert_eq!(
         api.frames("rw/echo", &["3 command-name eos echo"]).await,
