@@ -30,10 +30,10 @@ use wiremux_proto::builder::encode_bytes_response;
 use wiremux_proto::server::{Action, Command, ServerReactor};
 
 type Outcome = Result<Response, CommandError>;
+type Tagged = wiremux_engine::TaggedBody;
 
 /// What a request whose handler panicked is answered with.
 const PANICKED: &str = "command failed: the handler panicked";
-type Tagged = wiremux_engine::TaggedBody;
 
 /// The frames of every command's response, as encoded bytes, in the order
 /// the responses complete.
