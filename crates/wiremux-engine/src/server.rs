@@ -283,3 +283,31 @@ pub fn is_transient_accept_error(err: &io::Error) -> bool {
     ) || err.raw_os_error() == Some(24) // EMFILE: too many open files
         || err.raw_os_error() == Some(23) // ENFILE
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_transient_accept_error;
+    use std::io;
+
+    #[test]
+    fn accept_errors_of_one_peer_or_of_descriptors_are_transient() {
+        for kind in [
+            io::ErrorKind::ConnectionAborted,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::Interrupted,
+        ] {
+            assert!(
+                is_transient_accept_error(&io::Error::from(kind)),
+                "{kind:?}"
+            );
+        }
+        // EMFILE and ENFILE: out of file descriptors, for now.
+        assert!(is_transient_accept_error(&io::Error::from_raw_os_error(24)));
+        assert!(is_transient_accept_error(&io::Error::from_raw_os_error(23)));
+        // A broken listener (EBADF, EINVAL) is not retried.
+        assert!(!is_transient_accept_error(&io::Error::from_raw_os_error(9)));
+        assert!(!is_transient_accept_error(&io::Error::from_raw_os_error(
+            22
+        )));
+    }
+}
