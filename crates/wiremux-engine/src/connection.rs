@@ -22,7 +22,8 @@
 //! channel.
 
 use crate::handler::{
-    Body, CommandError, HandlerFuture, Permission, Request, Response, Started, TaggedBody as Tagged,
+    caught_panic, Body, CommandError, HandlerFuture, Permission, Request, Response, Started,
+    TaggedBody as Tagged,
 };
 use crate::server::Shared;
 use crate::stats::LocalStats;
@@ -569,18 +570,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             args,
             data,
         };
-        // `Handler::call` is user code too: a closure may panic before it
-        // returns its future.
-        let registry = &self.shared.registry;
-        let started =
-            std::panic::catch_unwind(AssertUnwindSafe(|| registry.start(request, self.granted)));
-        let mut fut = match started {
-            Ok(Ok(Started::Ready(outcome))) => return self.deliver(id, outcome),
-            Ok(Ok(Started::Pending(fut))) => fut,
-            Ok(Err(refusal)) => {
-                return self.deliver(id, Err(CommandError::new(refusal.to_string())))
-            }
-            Err(panic) => return self.deliver(id, Err(panicked(&panic))),
+        // A panic while the handler starts comes back as its outcome.
+        let mut fut = match self.shared.registry.start(request, self.granted) {
+            Ok(Started::Ready(outcome)) => return self.deliver(id, outcome),
+            Ok(Started::Pending(fut)) => fut,
+            Err(refusal) => return self.deliver(id, Err(CommandError::new(refusal.to_string()))),
         };
         let waker = futures::task::noop_waker();
         let mut noop = Context::from_waker(&waker);
@@ -595,7 +589,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                     _ => self.waiting.push_back((id, fut, span)),
                 }
             }
-            Err(panic) => self.deliver(id, Err(panicked(&panic))),
+            Err(panic) => self.deliver(id, Err(caught_panic(&panic))),
         }
     }
 
@@ -620,7 +614,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 },
                 None => guarded.await,
             };
-            let outcome = outcome.unwrap_or_else(|panic| Err(panicked(&panic)));
+            let outcome = outcome.unwrap_or_else(|panic| Err(caught_panic(&panic)));
             drop(permit);
             let _ = done.send((id, outcome));
         };
@@ -677,7 +671,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 // its response with an error, not the connection.
                 let inner = AssertUnwindSafe(stream)
                     .catch_unwind()
-                    .map(|item| item.unwrap_or_else(|panic| Err(panicked(&panic))))
+                    .map(|item| item.unwrap_or_else(|panic| Err(caught_panic(&panic))))
                     .boxed();
                 self.streams.push(Tagged { id, inner }.into_future());
             }
@@ -793,14 +787,4 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         self.queued_bytes = 0;
         self.stats.requests_cancelled += self.reactor.abandon_active() as u64;
     }
-}
-
-fn panicked(panic: &(dyn std::any::Any + Send)) -> CommandError {
-    let detail = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
-    tracing::warn!(%detail, "command handler panicked");
-    CommandError::new("command failed: the handler panicked")
 }

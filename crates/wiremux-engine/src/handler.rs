@@ -185,6 +185,23 @@ impl CommandError {
     pub fn message(&self) -> &str {
         &self.message
     }
+
+    /// What a request gets when its handler panicked. The panic's own
+    /// message goes to the server's log, not to the peer.
+    pub fn panicked() -> CommandError {
+        CommandError::new("command failed: the handler panicked")
+    }
+}
+
+/// Logs a panic caught from a handler and gives its request's error.
+pub(crate) fn caught_panic(panic: &(dyn std::any::Any + Send)) -> CommandError {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::warn!(%detail, "command handler panicked");
+    CommandError::panicked()
 }
 
 /// What a command may do, checked against the connection's or URL's access.
@@ -429,9 +446,17 @@ impl Registry {
 
     /// Starts a command through its handler, after the permission check.
     /// This is the one path to a handler: every transport calls it.
+    ///
+    /// Starting runs user code (a [`SyncHandler`]'s body, or a closure that
+    /// panics before it returns its future): a panic there is caught and
+    /// becomes the request's [`CommandError::panicked`] outcome. Panics
+    /// while the future runs are the transport's to catch.
     pub fn start(&self, request: Request, granted: Permission) -> Result<Started, Refusal> {
         let entry = self.resolve(&request.name, granted)?;
-        Ok(entry.handler.start(request))
+        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            entry.handler.start(request)
+        }));
+        Ok(started.unwrap_or_else(|panic| Started::Ready(Err(caught_panic(&*panic)))))
     }
 }
 
@@ -484,6 +509,32 @@ mod tests {
             body(futures::executor::block_on(started.into_future())),
             "x"
         );
+    }
+
+    #[test]
+    fn a_panic_while_starting_becomes_the_requests_error() {
+        let mut registry = Registry::new();
+        registry.insert(
+            "boom",
+            Permission::Read,
+            SyncHandler(|_: Request| -> Result<Response, CommandError> { panic!("boom") }),
+        );
+        registry.insert("boom-early", Permission::Read, |_: Request| {
+            panic!("before the future");
+            #[allow(unreachable_code)]
+            async {
+                Ok(Response::bytes(""))
+            }
+        });
+        for name in ["boom", "boom-early"] {
+            match registry.start(Request::new(name), Permission::Read) {
+                Ok(Started::Ready(Err(err))) => {
+                    assert_eq!(err, CommandError::panicked());
+                    assert_eq!(err.message(), "command failed: the handler panicked");
+                }
+                other => panic!("{name}: expected the panic error, got {other:?}"),
+            }
+        }
     }
 
     #[test]

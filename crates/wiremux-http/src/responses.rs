@@ -20,7 +20,6 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesUnordered, StreamFuture};
 use futures::{Stream, StreamExt};
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::task::{Id, JoinSet};
@@ -31,9 +30,6 @@ use wiremux_proto::server::{Action, Command, ServerReactor};
 
 type Outcome = Result<Response, CommandError>;
 type Tagged = wiremux_engine::TaggedBody;
-
-/// What a request whose handler panicked is answered with.
-const PANICKED: &str = "command failed: the handler panicked";
 
 /// The frames of every command's response, as encoded bytes, in the order
 /// the responses complete.
@@ -78,29 +74,19 @@ impl Responses {
                 args: command.args,
                 data: command.data,
             };
-            // `start` runs user code: a synchronous handler, or a closure
-            // that panics before it returns its future.
-            let registry = server.registry();
-            let started =
-                std::panic::catch_unwind(AssertUnwindSafe(|| registry.start(request, granted)));
-            let handler = match started {
-                Ok(Ok(Started::Pending(handler))) => handler,
-                Ok(Ok(Started::Ready(outcome))) => {
+            // A panic while the handler starts comes back as its outcome.
+            let handler = match server.registry().start(request, granted) {
+                Ok(Started::Pending(handler)) => handler,
+                Ok(Started::Ready(outcome)) => {
                     let mut out = std::mem::take(&mut responses.ready);
                     responses.on_outcome(id, outcome, &mut out);
                     responses.ready = out;
                     continue;
                 }
-                Ok(Err(refusal)) => {
+                Err(refusal) => {
                     let action = responses
                         .reactor
                         .on_application_error(id, &refusal.to_string());
-                    encode(action, &mut responses.ready);
-                    continue;
-                }
-                Err(_panic) => {
-                    tracing::warn!(id, "command handler panicked");
-                    let action = responses.reactor.on_application_error(id, PANICKED);
                     encode(action, &mut responses.ready);
                     continue;
                 }
@@ -199,13 +185,13 @@ impl Stream for Responses {
                 }
                 Poll::Ready(Some(Err(err))) => {
                     let id = this.task_ids.remove(&err.id()).unwrap_or_default();
-                    let message = if err.is_panic() {
+                    let error = if err.is_panic() {
                         tracing::warn!(id, "command handler panicked");
-                        PANICKED
+                        CommandError::panicked()
                     } else {
-                        "command failed: the handler was cancelled"
+                        CommandError::new("command failed: the handler was cancelled")
                     };
-                    let action = this.reactor.on_application_error(id, message);
+                    let action = this.reactor.on_application_error(id, error.message());
                     encode(action, &mut out);
                 }
                 Poll::Ready(None) | Poll::Pending => {
