@@ -91,30 +91,47 @@ where
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
-        let mut codec = FrameCodec::new();
-        let mut buf = bytes::BytesMut::new();
-        let mut seen = 0;
-        while seen < frames {
-            if codec.decode_frame(&mut buf).unwrap().is_some() {
-                seen += 1;
-                continue;
-            }
-            use tokio::io::AsyncReadExt;
-            if stream.read_buf(&mut buf).await.unwrap() == 0 {
-                return;
-            }
+        if read_frames(&mut stream, &mut bytes::BytesMut::new(), frames).await {
+            then(stream).await;
         }
-        then(stream).await;
     });
     addr
 }
 
-/// Ten pending calls on `client`, spawned.
+/// Reads until `n` whole frames have arrived; false if the peer closed
+/// first.
+async fn read_frames(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut bytes::BytesMut,
+    n: usize,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut codec = FrameCodec::new();
+    let mut seen = 0;
+    while seen < n {
+        if codec.decode_frame(buf).unwrap().is_some() {
+            seen += 1;
+        } else if stream.read_buf(buf).await.unwrap() == 0 {
+            return false;
+        }
+    }
+    true
+}
+
+/// Closes the sending side, then reads until the client goes, so that
+/// the close is clean rather than a reset.
+async fn close_and_drain(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    stream.shutdown().await.unwrap();
+    let _ = stream.read_to_end(&mut Vec::new()).await;
+}
+
 /// The frames of `ten_calls`: each echo with data is a command-name frame
 /// and a data frame. A fake server that waits for all of them knows every
 /// call is in flight before it misbehaves.
 const TEN_CALLS_FRAMES: usize = 20;
 
+/// Ten pending calls on `client`, spawned.
 fn ten_calls(
     client: &Client,
 ) -> Vec<tokio::task::JoinHandle<Result<wiremux::engine::client::Response, Error>>> {
@@ -128,14 +145,7 @@ fn ten_calls(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_connection_fails_every_pending_call() {
-    let addr = fake_server(TEN_CALLS_FRAMES, |mut stream| async move {
-        stream.shutdown().await.unwrap();
-        // Keep reading so the close is clean, until the client goes.
-        let mut sink = Vec::new();
-        use tokio::io::AsyncReadExt;
-        let _ = stream.read_to_end(&mut sink).await;
-    })
-    .await;
+    let addr = fake_server(TEN_CALLS_FRAMES, close_and_drain).await;
     let client = connect(addr).await;
     for call in ten_calls(&client) {
         let err = within("a call to fail", call).await.unwrap().unwrap_err();
@@ -185,10 +195,7 @@ async fn a_protocol_error_fails_every_pending_call() {
             .unwrap()
             .encode(&mut out);
         stream.write_all(&out).await.unwrap();
-        stream.shutdown().await.unwrap();
-        let mut sink = Vec::new();
-        use tokio::io::AsyncReadExt;
-        let _ = stream.read_to_end(&mut sink).await;
+        close_and_drain(stream).await;
     })
     .await;
     let client = connect(addr).await;
@@ -378,20 +385,14 @@ async fn a_client_dropped_with_abandoned_calls_closes_its_connection() {
     let calls = ten_calls(&client);
     drop(client);
     let mut buf = bytes::BytesMut::new();
-    let mut codec = FrameCodec::new();
-    let mut seen = 0;
-    // Ten echoes with data: two frames each.
-    while seen < 20 {
-        if codec.decode_frame(&mut buf).unwrap().is_some() {
-            seen += 1;
-            continue;
-        }
-        use tokio::io::AsyncReadExt;
-        assert_ne!(
-            within("commands", stream.read_buf(&mut buf)).await.unwrap(),
-            0
-        );
-    }
+    assert!(
+        within(
+            "commands",
+            read_frames(&mut stream, &mut buf, TEN_CALLS_FRAMES)
+        )
+        .await,
+        "the client closed before sending its calls"
+    );
     for call in &calls {
         call.abort();
     }
