@@ -100,6 +100,15 @@ fn json_output_is_one_document_with_counts_that_add_up() {
         assert!(v["latency_us"][key].as_u64().unwrap() >= 1, "{key}");
     }
     assert!(v["out_of_order"]["share"].as_f64().unwrap() >= 0.0);
+    // The per-second timeline counts every correct response, the expected
+    // `fail` errors included.
+    let per_second: u64 = v["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["responses"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_second, 3000);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The report of a run: text for people, JSON for scripts, and the side by
 //! side comparison of an out-of-order and an in-order run.
 
-use super::run::{Outcome, ERROR_KINDS};
+use super::run::{failure, Outcome, ERROR_KINDS};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use std::fmt::Write;
@@ -154,7 +154,10 @@ pub fn text(ctx: &Context, outcome: &Outcome) -> String {
     let _ = writeln!(
         out,
         "checks        {} responses checked: {} mismatched, {} duplicated, {} lost",
-        s.completed, m.errors[3], s.duplicates, m.errors[4]
+        s.completed,
+        m.errors[failure::MISMATCH],
+        s.duplicates,
+        m.errors[failure::LOST]
     );
     if let Some(fatal) = &s.fatal {
         let _ = writeln!(out, "first error   {fatal}");
@@ -200,7 +203,7 @@ pub fn json(ctx: &Context, outcome: &Outcome) -> Value {
         "latency_us": histogram_json(&m.all),
         "latency_us_by_command": per_command,
         "errors": errors,
-        "checks": { "completed": s.completed, "mismatched": m.errors[3], "duplicated": s.duplicates, "lost": m.errors[4] },
+        "checks": { "completed": s.completed, "mismatched": m.errors[failure::MISMATCH], "duplicated": s.duplicates, "lost": m.errors[failure::LOST] },
         "out_of_order": { "share": s.overtook_share, "mean_overtaken": s.overtaken_mean, "max_overtaken": s.overtaken_max },
         "timeline": m.timeline.iter().enumerate().map(|(second, h)| json!({
             "second": second, "responses": h.len(),
@@ -287,9 +290,9 @@ pub fn compare_text(ctx: &Context, ooo: &Outcome, in_order: &Outcome) -> String 
         b.errors.iter().map(|e| e.1).sum::<u64>(),
         a.completed,
         b.completed,
-        ooo.measured.errors[3] + in_order.measured.errors[3],
+        ooo.measured.errors[failure::MISMATCH] + in_order.measured.errors[failure::MISMATCH],
         a.duplicates + b.duplicates,
-        ooo.measured.errors[4] + in_order.measured.errors[4]
+        ooo.measured.errors[failure::LOST] + in_order.measured.errors[failure::LOST]
     );
     out
 }

@@ -42,8 +42,23 @@ pub struct Plan {
     pub payload: usize,
 }
 
-/// Kinds of failure, as the report counts them.
+/// Kinds of failure, as the report counts them; `Measured::errors` is
+/// indexed by the constants of [`failure`].
 pub const ERROR_KINDS: [&str; 5] = ["application", "protocol", "connection", "mismatch", "lost"];
+
+/// Indices into `Measured::errors`, in the order of [`ERROR_KINDS`].
+pub mod failure {
+    /// An application error the mix did not ask for.
+    pub const APPLICATION: usize = 0;
+    /// A protocol error from the server.
+    pub const PROTOCOL: usize = 1;
+    /// The connection failed.
+    pub const CONNECTION: usize = 2;
+    /// A response that does not match its request.
+    pub const MISMATCH: usize = 3;
+    /// A call never answered.
+    pub const LOST: usize = 4;
+}
 
 /// What one connection measured.
 pub struct Measured {
@@ -109,7 +124,7 @@ impl Measured {
 
     /// Calls that completed, well or not.
     pub fn completed(&self) -> u64 {
-        self.ok + self.errors[..4].iter().sum::<u64>()
+        self.ok + self.errors[..failure::LOST].iter().sum::<u64>()
     }
 }
 
@@ -260,7 +275,7 @@ async fn connection(
                 Ok(done) => done,
                 Err(_) => {
                     // Nothing for 30 s: whatever is still out is lost.
-                    m.errors[4] += in_flight.len() as u64;
+                    m.errors[failure::LOST] += in_flight.len() as u64;
                     m.fatal.get_or_insert_with(|| "no response for 30 s".into());
                     break;
                 }
@@ -294,39 +309,44 @@ async fn connection(
             .as_micros()
             .clamp(1, 100_000_000) as u64;
         let command = &entries[call.entry];
-        match result {
+        // A correct answer: the bytes it moved. (An expected application
+        // error, from `fail`, is a correct answer too.)
+        let answered = match result {
             Ok(response) => match check(command, &data, &response) {
-                Ok(()) => {
-                    m.ok += 1;
-                    m.bytes += (data.len() + response.body.len()) as u64;
-                    m.per_command[call.entry].saturating_record(micros);
-                    m.all.saturating_record(micros);
-                    let second = now.saturating_duration_since(measure_from).as_secs() as usize;
-                    while m.timeline.len() <= second {
-                        m.timeline.push(histogram());
-                    }
-                    m.timeline[second].saturating_record(micros);
-                }
+                Ok(()) => Some(data.len() + response.body.len()),
                 Err(why) => {
-                    m.errors[3] += 1;
+                    m.errors[failure::MISMATCH] += 1;
                     m.fatal.get_or_insert(why);
+                    None
                 }
             },
-            Err(Error::Application(message)) if expected_error(command, &message) => {
-                m.ok += 1;
-                m.per_command[call.entry].saturating_record(micros);
-                m.all.saturating_record(micros);
+            Err(Error::Application(message)) if expected_error(command, &message) => Some(0),
+            Err(Error::Application(_)) => {
+                m.errors[failure::APPLICATION] += 1;
+                None
             }
-            Err(Error::Application(_)) => m.errors[0] += 1,
             Err(Error::Protocol(message)) => {
-                m.errors[1] += 1;
+                m.errors[failure::PROTOCOL] += 1;
                 m.fatal
                     .get_or_insert(format!("protocol error from the server: {message}"));
+                None
             }
             Err(other) => {
-                m.errors[2] += 1;
+                m.errors[failure::CONNECTION] += 1;
                 m.fatal.get_or_insert(other.to_string());
+                None
             }
+        };
+        if let Some(bytes) = answered {
+            m.ok += 1;
+            m.bytes += bytes as u64;
+            m.per_command[call.entry].saturating_record(micros);
+            m.all.saturating_record(micros);
+            let second = now.saturating_duration_since(measure_from).as_secs() as usize;
+            while m.timeline.len() <= second {
+                m.timeline.push(histogram());
+            }
+            m.timeline[second].saturating_record(micros);
         }
     }
     m
