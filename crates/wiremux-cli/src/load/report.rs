@@ -88,15 +88,19 @@ fn micros(us: u64) -> String {
     }
 }
 
+/// The first lines of a text report: what was loaded, and how.
+fn heading(title: &str, ctx: &Context) -> String {
+    format!(
+        "{title}: {}\n  {}\n  {}\n\n",
+        ctx.target, ctx.shape, ctx.workload
+    )
+}
+
 /// The text report.
 pub fn text(ctx: &Context, outcome: &Outcome) -> String {
     let s = Summary::of(outcome);
     let m = &outcome.measured;
-    let mut out = String::new();
-    let _ = writeln!(out, "wiremux load: {}", ctx.target);
-    let _ = writeln!(out, "  {}", ctx.shape);
-    let _ = writeln!(out, "  {}", ctx.workload);
-    let _ = writeln!(out);
+    let mut out = heading("wiremux load", ctx);
     let _ = writeln!(
         out,
         "throughput    {:.0} requests/s, {:.1} MB/s ({} correct responses in {:.2} s)",
@@ -217,11 +221,7 @@ pub fn json(ctx: &Context, outcome: &Outcome) -> Value {
 /// The two runs of `--compare-in-order`, side by side, with ratios.
 pub fn compare_text(ctx: &Context, ooo: &Outcome, in_order: &Outcome) -> String {
     let (a, b) = (Summary::of(ooo), Summary::of(in_order));
-    let mut out = String::new();
-    let _ = writeln!(out, "wiremux load --compare-in-order: {}", ctx.target);
-    let _ = writeln!(out, "  {}", ctx.shape);
-    let _ = writeln!(out, "  {}", ctx.workload);
-    let _ = writeln!(out);
+    let mut out = heading("wiremux load --compare-in-order", ctx);
     let _ = writeln!(
         out,
         "{:<28} {:>14} {:>14} {:>10}",
