@@ -504,6 +504,9 @@ struct Row {
     /// CPU time per request of the server's and the client's thread.
     server_ns: f64,
     client_ns: f64,
+    /// Times each thread was put on a CPU, per 1000 requests.
+    server_runs: f64,
+    client_runs: f64,
 }
 
 /// Latency and throughput per configuration, and the mixed run, measured
@@ -529,12 +532,15 @@ fn summary(env: &mut Env) -> String {
             let took = rt.block_on(setup.conn.run(probe, w, &load, payload, None));
             let n = ((probe as f64 / took.as_secs_f64() * secs) as u64).clamp(probe, 20_000_000);
             let mut hist = histogram();
-            let cpu_before = (thread_cpu(setup.server_thread), own_cpu());
+            let before = (thread_cpu(setup.server_thread), own_cpu());
             let took = rt.block_on(setup.conn.run(n, w, &load, payload, Some(&mut hist)));
+            let after = (thread_cpu(setup.server_thread), own_cpu());
             let per_request = |before: u64, after: u64| (after - before) as f64 / n as f64;
             rows.push(Row {
-                server_ns: per_request(cpu_before.0, thread_cpu(setup.server_thread)),
-                client_ns: per_request(cpu_before.1, own_cpu()),
+                server_ns: per_request(before.0.ns, after.0.ns),
+                client_ns: per_request(before.1.ns, after.1.ns),
+                server_runs: 1000.0 * per_request(before.0.runs, after.0.runs),
+                client_runs: 1000.0 * per_request(before.1.runs, after.1.runs),
                 w,
                 name: setup.name,
                 rate: n as f64 / took.as_secs_f64(),
@@ -553,7 +559,7 @@ fn summary(env: &mut Env) -> String {
     );
     let _ = writeln!(
         out,
-        "\n{:>4}  {:<22} {:>12} {:>10} {:>10} {:>10}  {:>9} {:>9}  {:>10} {:>10}",
+        "\n{:>4}  {:<22} {:>12} {:>10} {:>10} {:>10}  {:>9} {:>9}  {:>10} {:>10}  {:>8} {:>8}",
         "W",
         "configuration",
         "requests/s",
@@ -563,7 +569,9 @@ fn summary(env: &mut Env) -> String {
         "/raw-frame",
         "/hyper-h2",
         "server ns",
-        "client ns"
+        "client ns",
+        "srv runs",
+        "cli runs"
     );
     for row in &rows {
         let rate_of = |name: &str| {
@@ -574,7 +582,7 @@ fn summary(env: &mut Env) -> String {
         };
         let _ = writeln!(
             out,
-            "{:>4}  {:<22} {:>12.0} {:>10.1} {:>10.1} {:>10.1}  {:>9.3} {:>9.2}  {:>10.0} {:>10.0}",
+            "{:>4}  {:<22} {:>12.0} {:>10.1} {:>10.1} {:>10.1}  {:>9.3} {:>9.2}  {:>10.0} {:>10.0}  {:>8.1} {:>8.1}",
             row.w,
             row.name,
             row.rate,
@@ -585,11 +593,14 @@ fn summary(env: &mut Env) -> String {
             row.rate / rate_of("hyper-h2"),
             row.server_ns,
             row.client_ns,
+            row.server_runs,
+            row.client_runs,
         );
     }
     let _ = writeln!(
         out,
-        "server ns, client ns: CPU time per request of the server's and the client's thread"
+        "server ns, client ns: CPU time per request of the server's and the client's thread\n\
+         srv runs, cli runs: times each thread was put on a CPU (woken), per 1000 requests"
     );
 
     // The mixed run: fast requests behind slow ones.
@@ -638,33 +649,50 @@ fn summary(env: &mut Env) -> String {
     out
 }
 
-/// CPU time so far, in nanoseconds, of this process's thread called `name`
-/// (from /proc; 0 where that is not available).
-fn thread_cpu(name: &str) -> u64 {
+/// What the scheduler has counted so far for one thread (from
+/// `/proc/.../schedstat`; zeros where that is not available).
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    /// Nanoseconds spent on a CPU.
+    ns: u64,
+    /// Times the thread was put on a CPU.
+    runs: u64,
+}
+
+/// The scheduler's counts for this process's thread called `name`.
+fn thread_cpu(name: &str) -> Cpu {
     // The kernel keeps the first 15 bytes of a thread's name.
     let comm: String = name.chars().take(15).collect();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
+        return Cpu::default();
     };
     tasks
         .flatten()
         .find(|task| {
             std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim_end() == comm)
         })
-        .map_or(0, |task| schedstat_ns(&task.path().join("schedstat")))
+        .map_or_else(Cpu::default, |task| {
+            schedstat(&task.path().join("schedstat"))
+        })
 }
 
-/// CPU time so far of the calling thread, in nanoseconds.
-fn own_cpu() -> u64 {
-    schedstat_ns(std::path::Path::new("/proc/thread-self/schedstat"))
+/// The scheduler's counts for the calling thread.
+fn own_cpu() -> Cpu {
+    schedstat(std::path::Path::new("/proc/thread-self/schedstat"))
 }
 
-/// The first field of a schedstat file: nanoseconds spent on a CPU.
-fn schedstat_ns(path: &std::path::Path) -> u64 {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+/// A schedstat file holds time on a CPU, time waiting for one, and the
+/// number of times the thread was put on one.
+fn schedstat(path: &std::path::Path) -> Cpu {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let fields: Vec<u64> = text
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    match fields[..] {
+        [ns, _, runs, ..] => Cpu { ns, runs },
+        _ => Cpu::default(),
+    }
 }
 
 fn loadavg() -> String {
