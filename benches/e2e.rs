@@ -10,6 +10,9 @@
 //! - `wiremux/engine-client`: the engine's server with the demo registry,
 //!   driven by the engine's async [`Client`] (W concurrent calls through
 //!   `buffer_unordered`);
+//! - `wiremux/pipeline`: the same, driven through a `Pipeline` of the
+//!   engine's client (W calls started, a new one per answer, no future per
+//!   call);
 //! - `wiremux/raw-client`: the same server driven by a minimal pipelined
 //!   client that writes frames itself and refills the window as responses
 //!   come back: this measures the server rather than the client;
@@ -329,6 +332,7 @@ async fn hyper_connect(addr: SocketAddr) -> HyperSender {
 /// One client connection of one configuration.
 enum Conn {
     Engine(Client),
+    Pipeline(Client),
     Raw(RawClient),
     Hyper(HyperSender),
 }
@@ -362,6 +366,30 @@ impl Conn {
                 while let Some(latency) = calls.next().await {
                     if let (Some(hist), Some(latency)) = (hist.as_deref_mut(), latency) {
                         hist.saturating_record(nanos(latency));
+                    }
+                }
+            }
+            Conn::Pipeline(client) => {
+                // Tags are window slots, so the send times fit in `w`.
+                let mut pipeline = client.pipeline();
+                let mut sent_at = vec![start; w];
+                let echo = CommandBuilder::new("echo").data(payload.clone());
+                let mut issued = 0;
+                for slot in 0..w.min(n as usize) {
+                    pipeline.start(slot as u64, echo.clone()).expect("start");
+                    issued += 1;
+                }
+                while let Some((slot, result)) = pipeline.next().await {
+                    assert_eq!(result.expect("echo call").body.len(), PAYLOAD);
+                    let slot = slot as usize;
+                    if let Some(hist) = hist.as_deref_mut() {
+                        let now = Instant::now();
+                        hist.saturating_record(nanos(now - sent_at[slot]));
+                        sent_at[slot] = now;
+                    }
+                    if issued < n {
+                        pipeline.start(slot as u64, echo.clone()).expect("start");
+                        issued += 1;
                     }
                 }
             }
@@ -435,6 +463,11 @@ impl Env {
                     name: "wiremux/engine-client",
                     server_thread: "wiremux",
                     conn: Conn::Engine(Client::connect(wiremux).await.expect("connect")),
+                },
+                Setup {
+                    name: "wiremux/pipeline",
+                    server_thread: "wiremux",
+                    conn: Conn::Pipeline(Client::connect(wiremux).await.expect("connect")),
                 },
                 Setup {
                     name: "wiremux/raw-client",

@@ -14,10 +14,17 @@
 //! assert_eq!(response.body, "hello");
 //! # Ok(()) }
 //! ```
+//!
+//! Each call above is its own future with its own reply channel. A caller
+//! that keeps many calls going at once (a load generator, a batch job) can
+//! use a [`Pipeline`] instead: it queues calls without awaiting them, hands
+//! them to the driver in batches, and gets every answer back on one
+//! stream, tagged, in completion order.
 
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::io;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -60,15 +67,44 @@ pub struct Response {
     pub body: Bytes,
 }
 
+/// A call's answer, tagged with the pipeline caller's tag.
+type Answer = (u64, Result<Response, Error>);
+type AnswerSink = mpsc::UnboundedSender<Vec<Answer>>;
+
+/// What handles send the driver.
+enum Submit {
+    /// One call whose answer goes to one future ([`Client::send`]).
+    One {
+        command: CommandBuilder,
+        reply: oneshot::Sender<Result<Response, Error>>,
+    },
+    /// A pipeline's calls, and where their answers go.
+    Batch {
+        sink: AnswerSink,
+        calls: Vec<(u64, CommandBuilder)>,
+    },
+}
+
+/// A call inside the driver.
 struct Call {
     command: CommandBuilder,
-    reply: oneshot::Sender<Result<Response, Error>>,
+    reply: Reply,
+}
+
+/// Where a call's answer goes.
+enum Reply {
+    Once(oneshot::Sender<Result<Response, Error>>),
+    /// Into `Driver::pipes[pipe]`, tagged.
+    Tagged {
+        pipe: usize,
+        tag: u64,
+    },
 }
 
 /// A handle to one client connection. Clones share the connection.
 #[derive(Clone, Debug)]
 pub struct Client {
-    calls: mpsc::UnboundedSender<Call>,
+    calls: mpsc::UnboundedSender<Submit>,
 }
 
 impl Client {
@@ -102,6 +138,7 @@ impl Client {
             calls: rx,
             calls_open: true,
             backlog: VecDeque::new(),
+            pipes: Vec::new(),
             ids: IdAllocator::new(),
             responses: ResponseAssembler::new(),
             waiters: IdMap::default(),
@@ -126,8 +163,8 @@ impl Client {
     pub async fn send(&self, command: CommandBuilder) -> Result<Response, Error> {
         let (reply, rx) = oneshot::channel();
         self.calls
-            .send(Call { command, reply })
-            .map_err(|_| Error::ConnectionLost("the connection has closed".into()))?;
+            .send(Submit::One { command, reply })
+            .map_err(|_| closed())?;
         rx.await.unwrap_or_else(|_| {
             Err(Error::ConnectionLost(
                 "the connection closed before the response".into(),
@@ -139,6 +176,138 @@ impl Client {
     pub fn is_closed(&self) -> bool {
         self.calls.is_closed()
     }
+
+    /// A pipeline on this connection: calls started without waiting, and
+    /// their answers on one stream in completion order.
+    pub fn pipeline(&self) -> Pipeline {
+        let (sink, answers) = mpsc::unbounded_channel();
+        Pipeline {
+            ready: VecDeque::new(),
+            answers,
+            sink,
+            calls: self.calls.clone(),
+            queued: Vec::new(),
+            in_flight: 0,
+        }
+    }
+}
+
+fn closed() -> Error {
+    Error::ConnectionLost("the connection has closed".into())
+}
+
+/// Many calls on one connection without a future per call.
+///
+/// [`Pipeline::start`] queues a call and returns at once; the queued calls
+/// go to the connection together when [`Pipeline::next`] has to wait for
+/// an answer, or at [`Pipeline::flush`]. `next` yields `(tag, result)` for
+/// each call as its answer arrives, whatever order the calls finish in;
+/// the tag is the caller's own, to match answers to calls. Every started call is
+/// answered exactly once, with an error if the connection is lost.
+/// Dropping the pipeline abandons the calls still out; the connection
+/// stays sound.
+///
+/// Per call this costs much less than [`Client::send`]: no reply channel
+/// and no future per call, one hand-over per batch of calls and one per
+/// batch of answers.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), wiremux_engine::client::Error> {
+/// use wiremux_engine::proto::builder::CommandBuilder;
+///
+/// let client = wiremux_engine::Client::connect("127.0.0.1:7878").await?;
+/// let mut pipeline = client.pipeline();
+/// for i in 0..100u64 {
+///     pipeline.start(i, CommandBuilder::new("echo").data(i.to_string()))?;
+/// }
+/// while let Some((tag, result)) = pipeline.next().await {
+///     assert_eq!(result?.body, tag.to_string());
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Pipeline {
+    /// Answers received and not yet returned.
+    ready: VecDeque<Answer>,
+    // Declared (so dropped) before `calls`: once the driver sees the call
+    // channel close, it finds this stream closed too.
+    answers: mpsc::UnboundedReceiver<Vec<Answer>>,
+    sink: AnswerSink,
+    calls: mpsc::UnboundedSender<Submit>,
+    /// Started calls not yet handed to the connection.
+    queued: Vec<(u64, CommandBuilder)>,
+    in_flight: usize,
+}
+
+impl Pipeline {
+    /// Starts a call tagged `tag`: queues it to be sent when
+    /// [`Pipeline::next`] waits or at [`Pipeline::flush`]. Fails only if the
+    /// connection has closed; any other failure is the call's answer.
+    pub fn start(&mut self, tag: u64, command: CommandBuilder) -> Result<(), Error> {
+        if self.calls.is_closed() {
+            return Err(closed());
+        }
+        self.queued.push((tag, command));
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Hands the queued calls to the connection now.
+    pub fn flush(&mut self) {
+        if self.queued.is_empty() {
+            return;
+        }
+        let calls = std::mem::take(&mut self.queued);
+        let batch = Submit::Batch {
+            sink: self.sink.clone(),
+            calls,
+        };
+        if let Err(mpsc::error::SendError(Submit::Batch { calls, .. })) = self.calls.send(batch) {
+            // The connection closed after they were started.
+            self.ready
+                .extend(calls.into_iter().map(|(tag, _)| (tag, Err(closed()))));
+        }
+    }
+
+    /// The next answer: `(tag, result)` of a call started here, or `None`
+    /// when none is left to answer. An answer already received comes back
+    /// at once; otherwise the queued calls are sent before waiting, so calls
+    /// started while handling a batch of answers go out together.
+    ///
+    /// Cancel-safe: dropping the future (in a `select!`, say) loses no
+    /// answer.
+    pub async fn next(&mut self) -> Option<Answer> {
+        if self.ready.is_empty() {
+            self.flush();
+        }
+        if self.in_flight == 0 {
+            return None;
+        }
+        if self.ready.is_empty() {
+            // The stream cannot end while this pipeline holds a sender, and
+            // the driver answers every call it was given.
+            let batch = self.answers.recv().await?;
+            self.ready.extend(batch);
+        }
+        let answer = self.ready.pop_front()?;
+        self.in_flight -= 1;
+        Some(answer)
+    }
+
+    /// Calls started and not yet returned by [`Pipeline::next`].
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+}
+
+/// A pipeline's answers inside the driver.
+struct Pipe {
+    /// `None` once the pipeline has gone (or the slot is free).
+    sink: Option<AnswerSink>,
+    /// Answers gathered in this round, sent together.
+    out: Vec<Answer>,
+    /// Calls of this pipe not yet answered.
+    waiting: usize,
 }
 
 /// A call being built: arguments and data, then [`CallBuilder::send`].
@@ -171,13 +340,16 @@ impl CallBuilder<'_> {
 /// Owns the connection: writes calls, routes responses.
 struct Driver<IO> {
     io: IO,
-    calls: mpsc::UnboundedReceiver<Call>,
+    calls: mpsc::UnboundedReceiver<Submit>,
     calls_open: bool,
     /// Calls waiting for a free request ID.
     backlog: VecDeque<Call>,
+    /// Pipelines with calls not yet answered, by slot; a slot is reused
+    /// once its pipe has nothing left to answer.
+    pipes: Vec<Pipe>,
     ids: IdAllocator,
     responses: ResponseAssembler,
-    waiters: IdMap<oneshot::Sender<Result<Response, Error>>>,
+    waiters: IdMap<Reply>,
     codec: FrameCodec,
     rbuf: BytesMut,
     wbuf: BytesMut,
@@ -186,20 +358,117 @@ struct Driver<IO> {
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
     async fn run(mut self) {
-        let ended = futures::future::poll_fn(|cx| self.poll_run(cx)).await;
+        // A bug that panics here must still answer every caller below.
+        let ended = futures::future::poll_fn(|cx| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.poll_run(cx))).unwrap_or_else(|_| {
+                Poll::Ready(Ok(Error::ConnectionLost(
+                    "the client's connection task failed".into(),
+                )))
+            })
+        })
+        .await;
         let reason = match ended {
             Ok(reason) => reason,
             Err(err) => Error::ConnectionLost(err.to_string()),
         };
         self.calls.close();
-        for (_, waiter) in self.waiters.drain() {
-            let _ = waiter.send(Err(reason.clone()));
+        for (_, waiter) in std::mem::take(&mut self.waiters) {
+            self.answer(waiter, Err(reason.clone()));
         }
-        while let Ok(call) = self.calls.try_recv() {
-            self.backlog.push_back(call);
+        while let Ok(submit) = self.calls.try_recv() {
+            self.accept(submit);
         }
-        for call in self.backlog.drain(..) {
-            let _ = call.reply.send(Err(reason.clone()));
+        while let Some(call) = self.backlog.pop_front() {
+            self.answer(call.reply, Err(reason.clone()));
+        }
+        self.send_answers();
+    }
+
+    /// Takes a handle's submission into the backlog.
+    fn accept(&mut self, submit: Submit) {
+        match submit {
+            Submit::One { command, reply } => self.backlog.push_back(Call {
+                command,
+                reply: Reply::Once(reply),
+            }),
+            Submit::Batch { sink, calls } => {
+                let pipe = self.pipe_for(sink);
+                self.pipes[pipe].waiting += calls.len();
+                self.backlog
+                    .extend(calls.into_iter().map(|(tag, command)| Call {
+                        command,
+                        reply: Reply::Tagged { pipe, tag },
+                    }));
+            }
+        }
+    }
+
+    /// The slot of the pipeline whose answers go to `sink`.
+    fn pipe_for(&mut self, sink: AnswerSink) -> usize {
+        let live = |p: &Pipe| p.sink.as_ref().is_some_and(|s| s.same_channel(&sink));
+        if let Some(i) = self.pipes.iter().position(live) {
+            return i;
+        }
+        let pipe = Pipe {
+            sink: Some(sink),
+            out: Vec::new(),
+            waiting: 0,
+        };
+        match self
+            .pipes
+            .iter()
+            .position(|p| p.sink.is_none() && p.waiting == 0 && p.out.is_empty())
+        {
+            Some(i) => {
+                self.pipes[i] = pipe;
+                i
+            }
+            None => {
+                self.pipes.push(pipe);
+                self.pipes.len() - 1
+            }
+        }
+    }
+
+    /// Gives a call its answer (a pipeline's waits for `send_answers`).
+    fn answer(&mut self, reply: Reply, result: Result<Response, Error>) {
+        match reply {
+            Reply::Once(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Tagged { pipe, tag } => {
+                let pipe = &mut self.pipes[pipe];
+                pipe.waiting = pipe.waiting.saturating_sub(1);
+                if pipe.sink.is_some() {
+                    pipe.out.push((tag, result));
+                }
+            }
+        }
+    }
+
+    /// Sends each pipeline the answers gathered for it, in one batch.
+    fn send_answers(&mut self) {
+        for pipe in &mut self.pipes {
+            if pipe.out.is_empty() {
+                continue;
+            }
+            let out = std::mem::take(&mut pipe.out);
+            if pipe.sink.as_ref().is_some_and(|s| s.send(out).is_err()) {
+                pipe.sink = None; // the pipeline has gone
+            }
+            if pipe.waiting == 0 {
+                pipe.sink = None; // nothing left for it: free the slot
+            }
+        }
+    }
+
+    /// Like [`Driver::is_gone`], and wakes this task when a single caller
+    /// goes away later. (A pipeline's stream goes with its handle, which the
+    /// driver notices through the call channel.)
+    fn poll_gone(&self, reply: &mut Reply, cx: &mut Context<'_>) -> bool {
+        match reply {
+            Reply::Once(tx) => tx.poll_closed(cx).is_ready(),
+            Reply::Tagged { .. } => self.is_gone(reply),
         }
     }
 
@@ -208,7 +477,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
         for _ in 0..ROUNDS_PER_WAKE {
             let mut progress = self.take_calls(cx);
             progress |= self.poll_write(cx)?;
-            match self.poll_read(cx)? {
+            let read = self.poll_read(cx)?;
+            self.send_answers();
+            match read {
                 Poll::Ready(Some(end)) => return Poll::Ready(Ok(end)),
                 Poll::Ready(None) => progress = true,
                 Poll::Pending => {}
@@ -218,9 +489,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
                 // waits for an answer either, the connection is of no use:
                 // close it rather than wait for a server that may never
                 // answer. (poll_closed wakes this task when a caller goes.)
-                self.waiters
+                let mut waiters = std::mem::take(&mut self.waiters);
+                let all_gone = waiters
                     .values_mut()
-                    .all(|waiter| waiter.poll_closed(cx).is_ready())
+                    .all(|waiter| self.poll_gone(waiter, cx));
+                self.waiters = waiters;
+                all_gone
             } {
                 let _ = Pin::new(&mut self.io).poll_shutdown(cx);
                 return Poll::Ready(Ok(Error::ConnectionLost("the client was dropped".into())));
@@ -241,7 +515,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
                 Some(call) => call,
                 None if !self.calls_open => break,
                 None => match self.calls.poll_recv(cx) {
-                    Poll::Ready(Some(call)) => call,
+                    Poll::Ready(Some(submit)) => {
+                        self.accept(submit);
+                        continue;
+                    }
                     Poll::Ready(None) => {
                         self.calls_open = false;
                         break;
@@ -250,8 +527,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
                 },
             };
             progress = true;
-            if call.reply.is_closed() {
-                continue; // abandoned before it was sent
+            if self.is_gone(&call.reply) {
+                // Abandoned before it was sent.
+                self.answer(call.reply, Err(closed()));
+                continue;
             }
             let Ok(id) = self.ids.allocate() else {
                 // Every ID is busy: wait for a response to free one.
@@ -263,7 +542,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
                 .encode(id, self.codec.send_limit(), &mut self.wbuf)
             {
                 self.ids.release(id);
-                let _ = call.reply.send(Err(err.into()));
+                self.answer(call.reply, Err(err.into()));
                 continue;
             }
             self.responses.expect(id);
@@ -305,15 +584,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
                     {
                         // Whatever request it names, the server is closing the connection.
                         if let Some(waiter) = self.waiters.remove(&id) {
-                            let _ = waiter.send(Err(Error::Protocol(
-                                String::from_utf8_lossy(&frame.payload).into(),
-                            )));
+                            let message = String::from_utf8_lossy(&frame.payload).into();
+                            self.answer(waiter, Err(Error::Protocol(message)));
                         }
                         return Ok(Poll::Ready(Some(Error::Protocol(
                             String::from_utf8_lossy(&frame.payload).into(),
                         ))));
                     }
-                    if self.waiters.get(&id).is_some_and(|w| w.is_closed()) {
+                    if self.waiters.get(&id).is_some_and(|w| self.is_gone(w)) {
                         self.responses.discard(id);
                     }
                     match self.responses.on_frame(frame) {
@@ -366,15 +644,26 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
             Outcome::ProtocolError(message) => {
                 let err = Error::Protocol(message);
                 if let Some(waiter) = waiter {
-                    let _ = waiter.send(Err(err.clone()));
+                    self.answer(waiter, Err(err.clone()));
                 }
                 return Some(err);
             }
         };
         if let Some(waiter) = waiter {
-            let _ = waiter.send(result);
+            self.answer(waiter, result);
         }
         None
+    }
+
+    /// Whether the caller of `reply` has gone (without registering a wake-up).
+    fn is_gone(&self, reply: &Reply) -> bool {
+        match reply {
+            Reply::Once(tx) => tx.is_closed(),
+            Reply::Tagged { pipe, .. } => !self.pipes[*pipe]
+                .sink
+                .as_ref()
+                .is_some_and(|s| !s.is_closed()),
+        }
     }
 }
 

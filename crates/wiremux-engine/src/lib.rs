@@ -33,7 +33,7 @@ mod handler;
 mod server;
 mod stats;
 
-pub use client::Client;
+pub use client::{Client, Pipeline};
 pub use config::Config;
 pub use handler::{
     Body, CommandError, Handler, HandlerFuture, Permission, Refusal, Registry, Request, Response,

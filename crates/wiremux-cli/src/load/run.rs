@@ -1,14 +1,14 @@
 //! One load run: connections, the request loop, checks, measurements.
 //!
 //! Each connection is a task keeping up to `inflight` calls going on one
-//! [`Client`]. Closed loop: a new call starts as soon as one finishes.
+//! [`Client`], through a [`Pipeline`](wiremux_engine::Pipeline): no future per call, answers in
+//! completion order. Closed loop: a new call starts as soon as one finishes.
 //! Open loop (`--rate`): calls start on a fixed schedule and each latency
 //! is measured from the call's scheduled time, so a server that stalls
 //! shows in the percentiles instead of silently slowing the schedule.
 
 use super::mix::{Entry, Mix};
 use bytes::Bytes;
-use futures::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -210,7 +210,10 @@ async fn connection(
     let mut m = Measured::empty(plan.mix.entries().len());
     let entries = plan.mix.entries();
     let mut outstanding: BTreeSet<u64> = BTreeSet::new();
-    let mut in_flight = FuturesUnordered::new();
+    let mut pipeline = client.pipeline();
+    // Calls in flight by pipeline tag; free tags are reused.
+    let mut calls: Vec<Option<(Call, Bytes)>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
     let mut seq = 0u64;
     let deadline = plan.duration.map(|d| measure_from + d);
     // Open loop: this connection's share of the rate, on a fixed schedule.
@@ -230,7 +233,7 @@ async fn connection(
             stopping = !time_left || live.stop.load(Relaxed) || m.fatal.is_some();
         }
         // Start calls: closed loop fills the window; open loop starts what is due.
-        while !stopping && in_flight.len() < plan.inflight {
+        while !stopping && pipeline.in_flight() < plan.inflight {
             let due = match interval {
                 None => Instant::now(),
                 Some(step) if next_due <= Instant::now() => {
@@ -254,40 +257,56 @@ async fn connection(
                 due,
                 measured: due >= measure_from,
             };
-            outstanding.insert(seq);
             let data = payload(seq, plan.payload);
-            let command = &entries[entry];
-            let request = build(&client, command, data.clone());
-            in_flight.push(async move { (call, data, request.await) });
+            let tag = free.pop().unwrap_or_else(|| {
+                calls.push(None);
+                calls.len() - 1
+            });
+            if let Err(err) = pipeline.start(tag as u64, build(&entries[entry], data.clone())) {
+                free.push(tag);
+                m.errors[failure::CONNECTION] += 1;
+                m.fatal.get_or_insert(err.to_string());
+                stopping = true;
+                break;
+            }
+            outstanding.insert(seq);
+            calls[tag] = Some((call, data));
             seq += 1;
         }
-        if stopping && in_flight.is_empty() {
+        if stopping && pipeline.in_flight() == 0 {
             break;
         }
         // Wait for a completion, or for the next scheduled start.
-        let wake = if stopping || interval.is_none() || in_flight.len() >= plan.inflight {
+        let wake = if stopping || interval.is_none() || pipeline.in_flight() >= plan.inflight {
             None
         } else {
             Some(next_due)
         };
         let done = match wake {
-            None => match tokio::time::timeout(Duration::from_secs(30), in_flight.next()).await {
+            None => match tokio::time::timeout(Duration::from_secs(30), pipeline.next()).await {
                 Ok(done) => done,
                 Err(_) => {
                     // Nothing for 30 s: whatever is still out is lost.
-                    m.errors[failure::LOST] += in_flight.len() as u64;
+                    m.errors[failure::LOST] += pipeline.in_flight() as u64;
                     m.fatal.get_or_insert_with(|| "no response for 30 s".into());
                     break;
                 }
             },
+            // `next` is cancel-safe: a late answer is kept for the next call.
             Some(at) => tokio::select! {
-                done = in_flight.next() => done,
+                done = pipeline.next() => done,
                 _ = tokio::time::sleep_until(at.into()) => continue,
             },
         };
-        let Some((call, data, result)) = done else {
+        let Some((tag, result)) = done else {
             continue;
         };
+        let Some((call, data)) = calls.get_mut(tag as usize).and_then(Option::take) else {
+            // The pipeline answers each call once; a second answer is a bug.
+            m.duplicates += 1;
+            continue;
+        };
+        free.push(tag as usize);
         let now = Instant::now();
         live.completed.fetch_add(1, Relaxed);
         // Out-of-order accounting: earlier calls of this connection still out.
@@ -362,11 +381,7 @@ fn payload(seq: u64, size: usize) -> Bytes {
     Bytes::from(data)
 }
 
-fn build(
-    client: &Client,
-    entry: &Entry,
-    data: Bytes,
-) -> impl std::future::Future<Output = Result<Response, Error>> + 'static {
+fn build(entry: &Entry, data: Bytes) -> CommandBuilder {
     let mut command = CommandBuilder::new(entry.name.clone());
     for (k, v) in &entry.args {
         command = command.arg(k.clone(), v.clone());
@@ -374,8 +389,7 @@ fn build(
     if entry.name == "echo" {
         command = command.data(data);
     }
-    let client = client.clone();
-    async move { client.send(command).await }
+    command
 }
 
 /// Checks a response against what the demo command must answer.
