@@ -1,8 +1,9 @@
 //! One load run: connections, the request loop, checks, measurements.
 //!
 //! Each connection is a task keeping up to `inflight` calls going on one
-//! [`Client`], through a [`Pipeline`](wiremux_engine::Pipeline): no future per call, answers in
-//! completion order. Closed loop: a new call starts as soon as one finishes.
+//! [`Client`], through a [`Pipeline`](wiremux_engine::Pipeline): no future
+//! per call, answers in completion order. Closed loop: a new call starts as
+//! soon as one finishes.
 //! Open loop (`--rate`): calls start on a fixed schedule and each latency
 //! is measured from the call's scheduled time, so a server that stalls
 //! shows in the percentiles instead of silently slowing the schedule.
