@@ -254,3 +254,82 @@ async fn pipelines_and_single_calls_share_a_connection_without_mixing_answers() 
         }
     }
 }
+
+/// A byte stream whose read panics once anything has been written to it:
+/// a stand-in for a bug inside the client's connection task.
+struct PanicsOnRead {
+    written: bool,
+    reader: Option<std::task::Waker>,
+}
+
+impl tokio::io::AsyncRead for PanicsOnRead {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.written {
+            panic!("a bug in the connection task");
+        }
+        self.reader = Some(cx.waker().clone());
+        std::task::Poll::Pending
+    }
+}
+
+impl tokio::io::AsyncWrite for PanicsOnRead {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.written = true;
+        if let Some(reader) = self.reader.take() {
+            reader.wake();
+        }
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_connection_task_still_answers_every_call() {
+    let client = Client::new(PanicsOnRead {
+        written: false,
+        reader: None,
+    });
+    let mut pipeline = client.pipeline();
+    for tag in 0..5 {
+        pipeline.start(tag, echo(tag)).unwrap();
+    }
+    // The calls are written, then the read panics: each is answered with
+    // an error instead of waiting forever.
+    let answers = drain(&mut pipeline).await;
+    assert_eq!(answers.len(), 5);
+    for (tag, result) in answers {
+        assert_eq!(
+            result.unwrap_err(),
+            Error::ConnectionLost("the client's connection task failed".into()),
+            "call {tag}"
+        );
+    }
+    let err = within("a call after the failure", client.call("echo").send())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::ConnectionLost("the connection has closed".into())
+    );
+}
