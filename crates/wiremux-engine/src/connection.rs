@@ -44,7 +44,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use wiremux_proto::builder::{encode_bytes_response, error_response_frame, ErrorFlag};
 use wiremux_proto::codec::Truncation;
-use wiremux_proto::server::{Action, Command, ReactorError, Scope, ServerReactor};
+use wiremux_proto::server::{Action, ReactorError, Scope, ServerReactor};
 use wiremux_proto::{CodecError, Frame, FrameCodec, IdMap};
 
 /// How many read/dispatch/write rounds one wake-up may run before yielding
@@ -550,13 +550,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
 
     /// Starts a complete command: resolve, check permission, poll once;
     /// spawn only if not ready.
-    fn dispatch(&mut self, command: Command) {
-        let Command {
-            request_id: id,
-            command: name,
-            args,
-            data,
-        } = command;
+    fn dispatch(&mut self, command: Request) {
+        let id = command.request_id;
         if self.shared.config.in_order {
             self.order.push_back(id);
         }
@@ -564,14 +559,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         // moves to its own task carries the span there (see `spawn`).
         let span = tracing::debug_span!("request", id);
         let entered = span.enter();
-        let request = Request {
-            request_id: id,
-            name,
-            args,
-            data,
-        };
         // A panic while the handler starts comes back as its outcome.
-        let mut fut = match self.shared.registry.start(request, self.granted) {
+        let mut fut = match self.shared.registry.start(command, self.granted) {
             Ok(Started::Ready(outcome)) => return self.deliver(id, outcome),
             Ok(Started::Pending(fut)) => fut,
             Err(refusal) => return self.deliver(id, Err(CommandError::new(refusal.to_string()))),

@@ -15,91 +15,8 @@ use futures::{FutureExt, Stream, StreamExt};
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::str::FromStr;
 use std::sync::Arc;
-
-/// A complete command, as a handler sees it.
-#[derive(Debug, Clone)]
-pub struct Request {
-    /// The request ID on its connection.
-    pub request_id: u16,
-    /// The command name.
-    pub name: Bytes,
-    /// Arguments in arrival order (names are unique).
-    pub args: Vec<(Bytes, Bytes)>,
-    /// The command's data, if it sent any.
-    pub data: Option<Bytes>,
-}
-
-impl Request {
-    /// A request with no arguments and no data (for tests and embedding).
-    pub fn new(name: impl Into<Bytes>) -> Request {
-        Request {
-            request_id: 1,
-            name: name.into(),
-            args: Vec::new(),
-            data: None,
-        }
-    }
-
-    /// Adds an argument.
-    pub fn with_arg(mut self, name: impl Into<Bytes>, value: impl Into<Bytes>) -> Request {
-        self.args.push((name.into(), value.into()));
-        self
-    }
-
-    /// Sets the data.
-    pub fn with_data(mut self, data: impl Into<Bytes>) -> Request {
-        self.data = Some(data.into());
-        self
-    }
-
-    /// The command name as text (lossy for non-UTF-8 names).
-    pub fn name(&self) -> std::borrow::Cow<'_, str> {
-        String::from_utf8_lossy(&self.name)
-    }
-
-    /// The raw value of argument `name`.
-    pub fn arg(&self, name: &str) -> Option<&Bytes> {
-        self.args
-            .iter()
-            .find(|(n, _)| n == name.as_bytes())
-            .map(|(_, v)| v)
-    }
-
-    /// The value of a required argument as UTF-8 text; an error naming the
-    /// argument if it is missing or not text.
-    pub fn arg_str(&self, name: &str) -> Result<&str, CommandError> {
-        let raw = self
-            .arg(name)
-            .ok_or_else(|| CommandError::new(format!("missing argument: {name}")))?;
-        std::str::from_utf8(raw)
-            .map_err(|_| CommandError::new(format!("malformed argument {name}: not UTF-8 text")))
-    }
-
-    /// A required argument parsed with `FromStr`; an error naming the
-    /// argument if it is missing or does not parse.
-    ///
-    /// ```
-    /// # use wiremux_engine::Request;
-    /// let req = Request::new("sleep").with_arg("ms", "x5");
-    /// assert_eq!(req.arg_parse::<u64>("ms").unwrap_err().to_string(), "malformed argument ms: `x5` is not a valid value");
-    /// assert_eq!(req.arg_parse::<u64>("us").unwrap_err().to_string(), "missing argument: us");
-    /// ```
-    pub fn arg_parse<T: FromStr>(&self, name: &str) -> Result<T, CommandError> {
-        let text = self.arg_str(name)?;
-        text.parse().map_err(|_| {
-            CommandError::new(format!(
-                "malformed argument {name}: `{text}` is not a valid value"
-            ))
-        })
-    }
-
-    /// The data, or empty bytes if none was sent.
-    pub fn data(&self) -> Bytes {
-        self.data.clone().unwrap_or_default()
-    }
-}
+pub use wiremux_proto::{CommandError, Request};
 
 /// The body of a response.
 pub enum Body {
@@ -162,34 +79,6 @@ impl Response {
         Response {
             body: Body::Stream(chunks.boxed()),
         }
-    }
-}
-
-/// A command's failure: sent to the client as an `application`
-/// error-response carrying the message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct CommandError {
-    message: String,
-}
-
-impl CommandError {
-    /// An error with a message for the client.
-    pub fn new(message: impl Into<String>) -> CommandError {
-        CommandError {
-            message: message.into(),
-        }
-    }
-
-    /// The message.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
-    /// What a request gets when its handler panicked. The panic's own
-    /// message goes to the server's log, not to the peer.
-    pub fn panicked() -> CommandError {
-        CommandError::new("command failed: the handler panicked")
     }
 }
 

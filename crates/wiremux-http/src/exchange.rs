@@ -10,8 +10,9 @@
 use bytes::BytesMut;
 use std::fmt::Write;
 use wiremux_engine::{Config, Permission, Refusal, Registry};
-use wiremux_proto::server::{Action, Command, ServerReactor};
+use wiremux_proto::server::{Action, ServerReactor};
 use wiremux_proto::FrameCodec;
+use wiremux_proto::Request as Command;
 
 /// The commands of a well-formed body, and the reactor that assembled
 /// them (its input has ended).
@@ -57,7 +58,7 @@ pub(crate) fn assemble(mut body: BytesMut, config: &Config) -> Result<Assembled,
 
 /// The name of a command as text.
 pub(crate) fn name(command: &Command) -> String {
-    String::from_utf8_lossy(&command.command).into_owned()
+    String::from_utf8_lossy(&command.name).into_owned()
 }
 
 /// Checks every command against the access granted, before any runs.
@@ -71,7 +72,7 @@ pub(crate) fn check_all(
 ) -> Result<(), String> {
     let mut refused = String::new();
     for command in commands {
-        if let Err(Refusal::ReadOnly(name)) = registry.check(&command.command, granted) {
+        if let Err(Refusal::ReadOnly(name)) = registry.check(&command.name, granted) {
             if !refused.is_empty() {
                 refused.push_str(", ");
             }
@@ -92,7 +93,7 @@ pub(crate) fn check_single(url_command: &str, commands: &[Command]) -> Result<()
         [] => Err(format!(
             "this URL runs one `{url_command}` command, and the body holds none"
         )),
-        [only] if only.command == url_command.as_bytes() => Ok(()),
+        [only] if only.name == url_command.as_bytes() => Ok(()),
         [only] => Err(format!(
             "the URL names `{url_command}` but the body's command is `{}` (request {})",
             name(only),
@@ -135,7 +136,7 @@ mod tests {
             "3 command-data eos c",
         ]);
         assert_eq!(cmds.len(), 2);
-        assert_eq!((cmds[0].request_id, &cmds[0].command[..]), (1, &b"get"[..]));
+        assert_eq!((cmds[0].request_id, &cmds[0].name[..]), (1, &b"get"[..]));
         assert_eq!(cmds[0].arg("key").map(|v| &v[..]), Some(&b"k"[..]));
         assert_eq!(cmds[1].data.as_deref(), Some(&b"abc"[..]));
     }

@@ -24,9 +24,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::task::{Id, JoinSet};
 use tracing::Instrument;
-use wiremux_engine::{Body, CommandError, Permission, Request, Response, Server, Started};
+use wiremux_engine::{Body, CommandError, Permission, Response, Server, Started};
 use wiremux_proto::builder::encode_bytes_response;
-use wiremux_proto::server::{Action, Command, ServerReactor};
+use wiremux_proto::server::{Action, ServerReactor};
+use wiremux_proto::Request as Command;
 
 type Outcome = Result<Response, CommandError>;
 type Tagged = wiremux_engine::TaggedBody;
@@ -68,12 +69,7 @@ impl Responses {
         let deadline = server.config().request_deadline;
         for command in commands {
             let id = command.request_id;
-            let request = Request {
-                request_id: id,
-                name: command.command,
-                args: command.args,
-                data: command.data,
-            };
+            let request = command;
             // A panic while the handler starts comes back as its outcome.
             let handler = match server.registry().start(request, granted) {
                 Ok(Started::Pending(handler)) => handler,

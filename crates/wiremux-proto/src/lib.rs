@@ -39,12 +39,14 @@ pub mod frame;
 pub mod human;
 pub mod id_map;
 pub mod reflect;
+pub mod request;
 pub mod server;
 mod slots;
 
 pub use codec::{decode_all, CodecError, FrameCodec};
 pub use frame::{Flags, Frame, FrameType, Header, HEADER_LEN};
 pub use id_map::IdMap;
+pub use request::{CommandError, Request};
 
 /// The media type of the frame protocol.
 pub const MEDIA_TYPE: &str = "application/mercurial-exp-framing-0002";

@@ -73,7 +73,7 @@ fn meta_members(action: &Action) -> Vec<(&'static str, String)> {
                 .collect();
             vec![
                 ("args", format!("{{{}}}", args.join(", "))),
-                ("command", json_bytes(&cmd.command)),
+                ("command", json_bytes(&cmd.name)),
                 (
                     "data",
                     cmd.data

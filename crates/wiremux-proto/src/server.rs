@@ -22,7 +22,7 @@
 //! let mut reactor = ServerReactor::new();
 //! match reactor.on_frame(parse_frame("1 command-name eos heads").unwrap()) {
 //!     Action::RunCommand(cmd) => {
-//!         assert_eq!((cmd.request_id, &cmd.command[..]), (1, &b"heads"[..]));
+//!         assert_eq!((cmd.request_id, &cmd.name[..]), (1, &b"heads"[..]));
 //!         reactor.on_response_finished(cmd.request_id);
 //!     }
 //!     other => panic!("unexpected {other:?}"),
@@ -33,6 +33,7 @@ use crate::builder::{error_response_frame, ErrorFlag};
 use crate::codec::DEFAULT_MAX_SEND_PAYLOAD;
 use crate::frame::{Flags, Frame, FrameType};
 use crate::human::format_flags;
+use crate::request::Request;
 use bytes::{Buf, Bytes, BytesMut};
 use std::fmt;
 
@@ -68,29 +69,6 @@ impl Default for Limits {
     }
 }
 
-/// A complete command, ready to run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Command {
-    /// The request ID the response must carry.
-    pub request_id: u16,
-    /// The command name, as sent.
-    pub command: Bytes,
-    /// Arguments in the order they arrived (names are unique).
-    pub args: Vec<(Bytes, Bytes)>,
-    /// The command's data, if it announced any.
-    pub data: Option<Bytes>,
-}
-
-impl Command {
-    /// The value of the argument `name`, if given.
-    pub fn arg(&self, name: &str) -> Option<&Bytes> {
-        self.args
-            .iter()
-            .find(|(n, _)| n == name.as_bytes())
-            .map(|(_, v)| v)
-    }
-}
-
 /// What the reactor's state is, as the reflect report shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -123,7 +101,7 @@ pub enum Action {
     },
     /// A command is complete: run it. Its ID stays active until
     /// [`ServerReactor::on_response_finished`].
-    RunCommand(Command),
+    RunCommand(Request),
     /// Something was wrong: answer with the error's frame
     /// ([`ReactorError::frame`]); a connection-level error then closes.
     Error(ReactorError),
@@ -597,11 +575,12 @@ impl ServerReactor {
         if !have_args && !have_data {
             self.slots.insert(id, Slot::Active);
             self.active += 1;
-            return Ok(Action::RunCommand(Command {
+            return Ok(Action::RunCommand(Request {
                 request_id: id,
-                command: frame.payload,
+                name: frame.payload,
                 args: Vec::new(),
                 data: None,
+                deadline: None,
             }));
         }
         if self.receiving >= self.limits.max_receiving {
@@ -698,11 +677,12 @@ impl ServerReactor {
         } else {
             None
         };
-        let command = Command {
+        let command = Request {
             request_id: id,
-            command: std::mem::take(&mut asm.command),
+            name: std::mem::take(&mut asm.command),
             args: std::mem::take(&mut asm.args),
             data,
+            deadline: None,
         };
         if self.spare.len() < SPARE_ASSEMBLERS {
             self.spare.push(asm);

@@ -8,7 +8,8 @@ use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use wiremux_proto::builder::CommandBuilder;
-use wiremux_proto::server::{Action, Command, ErrorKind, Limits, Scope, ServerReactor, State};
+use wiremux_proto::server::{Action, ErrorKind, Limits, Scope, ServerReactor, State};
+use wiremux_proto::Request;
 use wiremux_proto::{Flags, Frame, FrameCodec, FrameType};
 
 // ------------------------------------------------ random commands, interleaved
@@ -101,13 +102,14 @@ proptest! {
                 builder = builder.data(data.clone());
             }
             queues.push(builder.frames(id, max).expect("buildable"));
-            expected.insert(id, Command {
+            expected.insert(id, Request {
                 request_id: id,
-                command: Bytes::from(spec.name.clone()),
+                name: Bytes::from(spec.name.clone()),
                 // The builder sends arguments sorted by name, and they keep
                 // their arrival order.
                 args: spec.args.iter().map(|(n, v)| (Bytes::from(n.clone()), Bytes::from(v.clone()))).collect(),
                 data: spec.data.clone().map(Bytes::from),
+                deadline: None,
             });
         }
         let mut wire = Vec::new();
@@ -464,7 +466,7 @@ fn observe(action: &Action) -> Expect {
         Action::WantFrame { state } => Expect::Want(*state),
         Action::RunCommand(cmd) => Expect::Run {
             id: cmd.request_id,
-            command: cmd.command.to_vec(),
+            command: cmd.name.to_vec(),
         },
         Action::Error(err) => Expect::Error {
             id: err.request_id,

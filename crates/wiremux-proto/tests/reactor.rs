@@ -25,8 +25,9 @@ use bytes::Bytes;
 use wiremux_proto::builder::CommandBuilder;
 use wiremux_proto::human::{escape, format_frame, parse_frame};
 use wiremux_proto::reflect::reflect;
-use wiremux_proto::server::{Action, Command, ErrorKind, Limits, Scope, ServerReactor, State};
+use wiremux_proto::server::{Action, ErrorKind, Limits, Scope, ServerReactor, State};
 use wiremux_proto::Frame;
+use wiremux_proto::Request;
 
 fn frames_text(frames: &[Frame]) -> String {
     frames
@@ -40,7 +41,7 @@ fn describe(action: &Action, max_send: usize) -> String {
     match action {
         Action::WantFrame { state } => format!("want {state}"),
         Action::RunCommand(cmd) => {
-            let mut text = format!("run {} {}", cmd.request_id, escape(&cmd.command));
+            let mut text = format!("run {} {}", cmd.request_id, escape(&cmd.name));
             if !cmd.args.is_empty() {
                 let args: Vec<String> = cmd
                     .args
@@ -106,7 +107,7 @@ const RECEIVING: &str = "want command-receiving";
 
 /// Feeds frames and returns the commands run, failing on any other action
 /// than `WantFrame`.
-fn run_frames(reactor: &mut ServerReactor, frames: Vec<Frame>) -> Vec<Command> {
+fn run_frames(reactor: &mut ServerReactor, frames: Vec<Frame>) -> Vec<Request> {
     let mut commands = Vec::new();
     for frame in frames {
         match reactor.on_frame(frame) {
@@ -201,14 +202,15 @@ fn builder_output_with_continuation_is_reassembled() {
     let commands = run_frames(&mut reactor, frames);
     assert_eq!(
         commands,
-        [Command {
+        [Request {
             request_id: 9,
-            command: Bytes::from("c"),
+            name: Bytes::from("c"),
             args: vec![
                 (Bytes::from("a"), Bytes::from("x")),
                 (Bytes::from("big"), Bytes::from(value)),
             ],
             data: None,
+            deadline: None,
         }]
     );
 }
@@ -287,14 +289,15 @@ fn arguments_and_data_together() {
     let commands = run_frames(&mut ServerReactor::new(), frames);
     assert_eq!(
         commands,
-        [Command {
+        [Request {
             request_id: 5,
-            command: Bytes::from("put"),
+            name: Bytes::from("put"),
             args: vec![
                 (Bytes::from("a"), Bytes::new()),
                 (Bytes::from("key"), Bytes::from("k".repeat(50))),
             ],
             data: Some(Bytes::from("d".repeat(33))),
+            deadline: None,
         }]
     );
 }
