@@ -310,6 +310,11 @@ impl Registry {
             .insert(Bytes::copy_from_slice(name.as_bytes()), entry);
     }
 
+    /// The names of the registered commands, in no order.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &Bytes> {
+        self.commands.keys()
+    }
+
     /// The permission of a command, if registered.
     pub fn permission(&self, name: &[u8]) -> Option<Permission> {
         self.commands.get(name).map(|e| e.permission)

@@ -40,5 +40,5 @@ pub use handler::{
     ServiceHandler, Started, SyncHandler, TaggedBody,
 };
 pub use server::{is_transient_accept_error, Server, ServerBuilder};
-pub use stats::StatsSnapshot;
+pub use stats::{CommandStatsSnapshot, StatsSnapshot, LATENCY_BUCKETS, UNKNOWN_COMMAND};
 pub use wiremux_proto as proto;

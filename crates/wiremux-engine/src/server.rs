@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::connection::Connection;
 use crate::handler::{Handler, Permission, Registry, ServiceHandler};
-use crate::stats::{Stats, StatsSnapshot};
+use crate::stats::{CommandStatsSnapshot, Stats, StatsSnapshot};
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,11 +109,12 @@ impl ServerBuilder {
         let executing = Arc::new(Semaphore::new(
             self.config.max_server_executing.min(Semaphore::MAX_PERMITS),
         ));
+        let stats = Stats::for_commands(self.registry.names());
         Server {
             shared: Arc::new(Shared {
                 registry: self.registry,
                 config: self.config,
-                stats: Stats::default(),
+                stats,
                 executing,
                 shutdown: CancellationToken::new(),
             }),
@@ -156,6 +157,24 @@ impl Server {
     /// A copy of the counters.
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.stats.snapshot()
+    }
+
+    /// A copy of every command's counters and latency histogram:
+    /// registered commands by name, then one row
+    /// ([`UNKNOWN_COMMAND`](crate::UNKNOWN_COMMAND)) for all names
+    /// that are not registered. For embedders with their own metrics
+    /// registry.
+    ///
+    /// ```
+    /// let server = wiremux_engine::Server::builder()
+    ///     .registry(wiremux_engine::demo::registry())
+    ///     .build();
+    /// let rows = server.command_stats();
+    /// assert!(rows.iter().any(|row| row.command == "echo" && row.started == 0));
+    /// assert_eq!(rows.last().unwrap().command, "(unknown)");
+    /// ```
+    pub fn command_stats(&self) -> Vec<CommandStatsSnapshot> {
+        self.shared.stats.command_snapshots()
     }
 
     /// The access granted to connections: read-only or read-write.

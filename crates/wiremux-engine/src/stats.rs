@@ -1,8 +1,61 @@
 //! Server counters. Connections count locally and add their counts to the
 //! shared atomics once per wake-up, so the per-frame path touches no shared
 //! cache line.
+//!
+//! Per-command counts and latencies work the same way: a connection (or
+//! any transport) records each request into its [`LocalStats`] with
+//! [`LocalStats::request_started`] and [`LocalStats::request_ended`], and
+//! [`Stats::absorb`] folds them into a table of atomics that is fixed when
+//! the server is built (one row per registered command, plus one row for
+//! every name that is not registered), so folding takes no lock either.
 
+use bytes::Bytes;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds of the latency histogram's buckets, in seconds (the last
+/// bucket, `+Inf`, is implied). From 100 µs to 10 s, roughly ×2.5 apart.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// [`LATENCY_BUCKETS`] in nanoseconds, for the recording path.
+// Until every transport records per-command outcomes (the executor).
+#[allow(dead_code)]
+const BUCKET_NANOS: [u64; 16] = [
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// Buckets stored per command: the bounded ones and `+Inf`.
+const BUCKETS: usize = LATENCY_BUCKETS.len() + 1;
+
+/// The name under which requests for unregistered commands are counted,
+/// so that a client cannot make the table (or a metrics scrape) grow.
+pub const UNKNOWN_COMMAND: &str = "(unknown)";
+
+/// Distinct command names one [`LocalStats`] keeps between two folds; a
+/// request for a further name is counted under [`UNKNOWN_COMMAND`] at
+/// once. Registries rarely have this many commands, and a connection
+/// rarely uses more than a few of them between two wake-ups.
+#[allow(dead_code)]
+const LOCAL_COMMANDS: usize = 64;
 
 /// Shared counters of a server.
 #[derive(Debug, Default)]
@@ -18,6 +71,25 @@ pub struct Stats {
     requests_failed: AtomicU64,
     requests_cancelled: AtomicU64,
     protocol_errors: AtomicU64,
+    commands: CommandTable,
+}
+
+/// One row per registered command, and the row for unknown names, fixed
+/// at build time: read without a lock, written with relaxed atomics.
+#[derive(Debug, Default)]
+struct CommandTable {
+    index: HashMap<Bytes, usize>,
+    /// `rows[i]` for `index` entries; the last row is [`UNKNOWN_COMMAND`].
+    rows: Vec<(String, CommandCounters)>,
+}
+
+#[derive(Debug, Default)]
+struct CommandCounters {
+    started: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    buckets: [AtomicU64; BUCKETS],
+    latency_sum_nanos: AtomicU64,
 }
 
 /// A point-in-time copy of a server's counters.
@@ -53,8 +125,35 @@ pub struct StatsSnapshot {
     pub protocol_errors: u64,
 }
 
+/// A point-in-time copy of one command's counters and latency histogram,
+/// from [`Server::command_stats`](crate::Server::command_stats).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandStatsSnapshot {
+    /// The command's name, or [`UNKNOWN_COMMAND`] for the row that counts
+    /// every name not registered.
+    pub command: String,
+    /// Requests for this command taken in.
+    pub started: u64,
+    /// Requests that ended with a successful answer.
+    pub completed: u64,
+    /// Requests that ended with an error (or unanswered).
+    pub failed: u64,
+    /// Requests started and not yet ended.
+    pub in_flight: u64,
+    /// Cumulative latency counts: `buckets[i]` requests took at most
+    /// [`LATENCY_BUCKETS`]`[i]` seconds; the last entry, one longer than
+    /// `LATENCY_BUCKETS`, counts every ended request (`+Inf`).
+    pub buckets: Vec<u64>,
+    /// The sum of the ended requests' latencies, in seconds.
+    pub latency_sum_secs: f64,
+}
+
 /// Counts of one connection not yet added to [`Stats`].
-#[derive(Debug, Default, Clone, Copy)]
+///
+/// Plain integers, owned by one task: counting costs no atomic operation.
+/// [`Stats::absorb`] adds them to the server's counters (once per wake-up
+/// of the connection) and zeroes them, keeping their allocation.
+#[derive(Debug, Default, Clone)]
 pub(crate) struct LocalStats {
     pub frames_in: u64,
     pub frames_out: u64,
@@ -65,9 +164,100 @@ pub(crate) struct LocalStats {
     pub requests_failed: u64,
     pub requests_cancelled: u64,
     pub protocol_errors: u64,
+    /// Per-command counts since the last fold, by name. The last slot may
+    /// be the overflow row (an empty name: counted as unknown).
+    commands: Vec<LocalCommand>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct LocalCommand {
+    name: Box<[u8]>,
+    started: u64,
+    completed: u64,
+    failed: u64,
+    buckets: [u64; BUCKETS],
+    latency_sum_nanos: u64,
+}
+
+impl LocalCommand {
+    fn is_zero(&self) -> bool {
+        self.started == 0 && self.completed == 0 && self.failed == 0
+    }
+}
+
+#[allow(dead_code)] // called by the transports' request paths
+impl LocalStats {
+    /// The slot counting `command`, added if new (within the bound).
+    fn command(&mut self, command: &[u8]) -> &mut LocalCommand {
+        // Linear: a connection uses few distinct commands.
+        let found = self.commands.iter().position(|c| &*c.name == command);
+        let at = match found {
+            Some(at) => at,
+            None if self.commands.len() < LOCAL_COMMANDS => {
+                self.commands.push(LocalCommand {
+                    name: command.into(),
+                    ..LocalCommand::default()
+                });
+                self.commands.len() - 1
+            }
+            None => match self.commands.iter().position(|c| c.name.is_empty()) {
+                Some(at) => at,
+                None => {
+                    self.commands.push(LocalCommand::default());
+                    self.commands.len() - 1
+                }
+            },
+        };
+        &mut self.commands[at]
+    }
+
+    /// Counts one request for `command` taken in (per command; the total
+    /// in `requests_started` is the caller's to count).
+    pub(crate) fn request_started(&mut self, command: &[u8]) {
+        self.command(command).started += 1;
+    }
+
+    /// Counts the end of one request for `command` that took `elapsed`
+    /// from start to its final frame: `ok` for a successful answer, not
+    /// `ok` for an error or a request dropped unanswered. Per command
+    /// only; the totals (`requests_completed` and the others) are the
+    /// caller's to count.
+    pub(crate) fn request_ended(&mut self, command: &[u8], ok: bool, elapsed: Duration) {
+        let slot = self.command(command);
+        if ok {
+            slot.completed += 1;
+        } else {
+            slot.failed += 1;
+        }
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = BUCKET_NANOS.partition_point(|&bound| bound < nanos);
+        slot.buckets[bucket] += 1;
+        slot.latency_sum_nanos = slot.latency_sum_nanos.saturating_add(nanos);
+    }
 }
 
 impl Stats {
+    /// Counters with one per-command row for each of `commands`.
+    pub(crate) fn for_commands<'a>(commands: impl IntoIterator<Item = &'a Bytes>) -> Stats {
+        let mut names: Vec<&Bytes> = commands.into_iter().collect();
+        names.sort();
+        let mut table = CommandTable::default();
+        for name in names {
+            table.index.insert(name.clone(), table.rows.len());
+            table.rows.push((
+                String::from_utf8_lossy(name).into_owned(),
+                CommandCounters::default(),
+            ));
+        }
+        table
+            .rows
+            .push((UNKNOWN_COMMAND.to_string(), CommandCounters::default()));
+        Stats {
+            commands: table,
+            ..Stats::default()
+        }
+    }
+
     pub(crate) fn connection_opened(&self) {
         self.connections_accepted.fetch_add(1, Relaxed);
     }
@@ -78,22 +268,63 @@ impl Stats {
 
     /// Adds a connection's local counts and zeroes them.
     pub(crate) fn absorb(&self, local: &mut LocalStats) {
-        let l = std::mem::take(local);
         for (counter, value) in [
-            (&self.frames_in, l.frames_in),
-            (&self.frames_out, l.frames_out),
-            (&self.bytes_in, l.bytes_in),
-            (&self.bytes_out, l.bytes_out),
-            (&self.requests_started, l.requests_started),
-            (&self.requests_completed, l.requests_completed),
-            (&self.requests_failed, l.requests_failed),
-            (&self.requests_cancelled, l.requests_cancelled),
-            (&self.protocol_errors, l.protocol_errors),
+            (&self.frames_in, &mut local.frames_in),
+            (&self.frames_out, &mut local.frames_out),
+            (&self.bytes_in, &mut local.bytes_in),
+            (&self.bytes_out, &mut local.bytes_out),
+            (&self.requests_started, &mut local.requests_started),
+            (&self.requests_completed, &mut local.requests_completed),
+            (&self.requests_failed, &mut local.requests_failed),
+            (&self.requests_cancelled, &mut local.requests_cancelled),
+            (&self.protocol_errors, &mut local.protocol_errors),
         ] {
+            let value = std::mem::take(value);
             if value != 0 {
                 counter.fetch_add(value, Relaxed);
             }
         }
+        if local.commands.is_empty() {
+            return;
+        }
+        let table = &self.commands;
+        for slot in &mut local.commands {
+            if slot.is_zero() {
+                continue;
+            }
+            let row = match table.index.get(&*slot.name) {
+                Some(&at) => &table.rows[at].1,
+                None => match table.rows.last() {
+                    Some((_, row)) => row,
+                    None => continue, // a server without a table
+                },
+            };
+            for (counter, value) in [
+                (&row.started, slot.started),
+                (&row.completed, slot.completed),
+                (&row.failed, slot.failed),
+                (&row.latency_sum_nanos, slot.latency_sum_nanos),
+            ] {
+                if value != 0 {
+                    counter.fetch_add(value, Relaxed);
+                }
+            }
+            for (counter, &value) in row.buckets.iter().zip(&slot.buckets) {
+                if value != 0 {
+                    counter.fetch_add(value, Relaxed);
+                }
+            }
+            let name = std::mem::take(&mut slot.name);
+            *slot = LocalCommand {
+                name,
+                ..LocalCommand::default()
+            };
+        }
+        // Names the server does not know keep no slot: the next request
+        // for one starts a fresh one, so hostile names cannot pile up.
+        local
+            .commands
+            .retain(|slot| !slot.name.is_empty() && table.index.contains_key(&*slot.name));
     }
 
     /// A copy of the counters.
@@ -119,5 +350,143 @@ impl Stats {
             requests_in_flight: started.saturating_sub(completed + failed + cancelled),
             protocol_errors: self.protocol_errors.load(Relaxed),
         }
+    }
+
+    /// A copy of every command's counters, registered commands by name,
+    /// then the [`UNKNOWN_COMMAND`] row.
+    pub fn command_snapshots(&self) -> Vec<CommandStatsSnapshot> {
+        self.commands
+            .rows
+            .iter()
+            .map(|(name, row)| {
+                let started = row.started.load(Relaxed);
+                let completed = row.completed.load(Relaxed);
+                let failed = row.failed.load(Relaxed);
+                let mut total = 0;
+                let buckets = row
+                    .buckets
+                    .iter()
+                    .map(|b| {
+                        total += b.load(Relaxed);
+                        total
+                    })
+                    .collect();
+                CommandStatsSnapshot {
+                    command: name.clone(),
+                    started,
+                    completed,
+                    failed,
+                    in_flight: started.saturating_sub(completed + failed),
+                    buckets,
+                    latency_sum_secs: row.latency_sum_nanos.load(Relaxed) as f64 / 1e9,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats() -> Stats {
+        let names = [Bytes::from_static(b"echo"), Bytes::from_static(b"sleep")];
+        Stats::for_commands(&names)
+    }
+
+    fn row<'a>(rows: &'a [CommandStatsSnapshot], name: &str) -> &'a CommandStatsSnapshot {
+        rows.iter().find(|r| r.command == name).unwrap()
+    }
+
+    #[test]
+    fn per_command_counts_and_latency_fold_in_at_absorb() {
+        let stats = stats();
+        let mut local = LocalStats::default();
+        local.request_started(b"echo");
+        local.request_started(b"echo");
+        local.request_started(b"sleep");
+        local.request_ended(b"echo", true, Duration::from_micros(50));
+        local.request_ended(b"echo", false, Duration::from_millis(3));
+        // Nothing shared moves before the fold.
+        assert_eq!(row(&stats.command_snapshots(), "echo").started, 0);
+        stats.absorb(&mut local);
+        let rows = stats.command_snapshots();
+        let names: Vec<&str> = rows.iter().map(|r| r.command.as_str()).collect();
+        assert_eq!(names, ["echo", "sleep", UNKNOWN_COMMAND]);
+        let echo = row(&rows, "echo");
+        assert_eq!(
+            (echo.started, echo.completed, echo.failed, echo.in_flight),
+            (2, 1, 1, 0)
+        );
+        // 50 µs falls in the first bucket (≤ 100 µs), 3 ms in ≤ 5 ms.
+        assert_eq!(echo.buckets.len(), LATENCY_BUCKETS.len() + 1);
+        assert_eq!(echo.buckets[0], 1);
+        assert_eq!(echo.buckets[4], 1, "≤ 2.5 ms holds only the first");
+        assert_eq!(echo.buckets[5], 2);
+        assert_eq!(*echo.buckets.last().unwrap(), 2);
+        assert!((echo.latency_sum_secs - 0.003_05).abs() < 1e-9);
+        assert_eq!(row(&rows, "sleep").in_flight, 1);
+        // The fold zeroes the local counts: a second one adds nothing.
+        stats.absorb(&mut local);
+        assert_eq!(row(&stats.command_snapshots(), "echo").started, 2);
+    }
+
+    #[test]
+    fn an_exact_bound_counts_in_its_bucket_and_the_slowest_in_inf() {
+        let stats = stats();
+        let mut local = LocalStats::default();
+        local.request_ended(b"echo", true, Duration::from_millis(1));
+        local.request_ended(b"echo", true, Duration::from_secs(60));
+        stats.absorb(&mut local);
+        let echo = row(&stats.command_snapshots(), "echo").clone();
+        assert_eq!(echo.buckets[2], 0, "1 ms is not ≤ 500 µs");
+        assert_eq!(echo.buckets[3], 1, "1 ms is ≤ 1 ms");
+        assert_eq!(echo.buckets[15], 1, "60 s is not ≤ 10 s");
+        assert_eq!(echo.buckets[16], 2);
+    }
+
+    #[test]
+    fn unknown_names_share_one_row_and_keep_no_local_slot() {
+        let stats = stats();
+        let mut local = LocalStats::default();
+        for n in 0..200 {
+            let name = format!("nope{n}");
+            local.request_started(name.as_bytes());
+            local.request_ended(name.as_bytes(), false, Duration::ZERO);
+        }
+        assert!(local.commands.len() <= LOCAL_COMMANDS + 1);
+        local.request_started(b"echo"); // past the bound: counted as unknown
+        stats.absorb(&mut local);
+        assert!(local.commands.is_empty(), "{:?}", local.commands.len());
+        let rows = stats.command_snapshots();
+        let unknown = row(&rows, UNKNOWN_COMMAND);
+        assert_eq!((unknown.started, unknown.failed), (201, 200));
+        // Known names keep their slot (and its allocation) across folds.
+        local.request_started(b"echo");
+        stats.absorb(&mut local);
+        assert_eq!(local.commands.len(), 1);
+        assert_eq!(row(&stats.command_snapshots(), "echo").started, 1);
+    }
+
+    #[test]
+    fn totals_fold_and_zero_as_before() {
+        let stats = Stats::default();
+        let mut local = LocalStats {
+            frames_in: 3,
+            requests_started: 2,
+            requests_completed: 1,
+            ..LocalStats::default()
+        };
+        stats.absorb(&mut local);
+        stats.absorb(&mut local);
+        let snap = stats.snapshot();
+        assert_eq!(
+            (snap.frames_in, snap.requests_started, snap.requests_in_flight),
+            (3, 2, 1)
+        );
+        // A server without a table (Stats::default) drops per-command data.
+        local.request_started(b"echo");
+        stats.absorb(&mut local);
+        assert!(stats.command_snapshots().is_empty());
     }
 }
