@@ -13,9 +13,10 @@ use wiremux_proto::{Flags, Frame, FrameCodec, FrameType};
 
 /// Arguments of `wiremux send`.
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("server").required(true).args(["connect", "unix", "http"])))]
 pub struct Args {
     /// TCP address of the server.
-    #[arg(long, value_name = "ADDR", required_unless_present_any = ["unix", "http"])]
+    #[arg(long, value_name = "ADDR")]
     connect: Option<String>,
     /// Unix socket path of the server.
     #[arg(long, value_name = "PATH", conflicts_with = "connect")]
@@ -74,18 +75,34 @@ pub fn read_frames(lines: &[String]) -> Result<Vec<Frame>, String> {
     }
     let mut frames = Vec::new();
     for (n, line) in std::io::stdin().lock().lines().enumerate() {
-        let line = line.map_err(|e| format!("reading stdin: {e}"))?;
+        let place = format!("stdin line {}", n + 1);
+        let line = line.map_err(|e| format!("{place}: {e}"))?;
         if line.trim().is_empty() || line.starts_with('#') {
             continue;
         }
-        frames.push(parse_frame(&line).map_err(|e| format!("line {}: {e}", n + 1))?);
+        frames.push(parse_frame(&line).map_err(|e| format!("{place}: {e}"))?);
     }
     Ok(frames)
 }
 
+/// Prints one frame; returns the message of a protocol error.
+fn print_frame(frame: &Frame) -> Result<Option<String>, String> {
+    writeln!(std::io::stdout().lock(), "{}", format_frame(frame))
+        .map_err(|e| format!("writing stdout: {e}"))?;
+    let protocol = frame.frame_type == FrameType::ERROR_RESPONSE
+        && frame.flags.contains(Flags::PROTOCOL);
+    Ok(protocol.then(|| String::from_utf8_lossy(&frame.payload).into_owned()))
+}
+
+/// The error for a protocol error the server answered (already printed).
+fn protocol_error(message: &str) -> String {
+    format!("the server answered with a protocol error: {message}")
+}
+
 /// Posts the frames over HTTP and prints the answer: frames in human
 /// syntax as they arrive, or a text body (debugreflect). A status other
-/// than 200 is an error carrying the server's text.
+/// than 200 is an error carrying the server's text, and so is a protocol
+/// error among the frames (printed first, like every frame).
 async fn post(url: &str, frames: &[Frame]) -> CliResult {
     let mut response = wiremux_http::HttpClient::new()
         .post_frames(url, frames)
@@ -100,16 +117,24 @@ async fn post(url: &str, frames: &[Frame]) -> CliResult {
         print!("{text}");
         return Ok(());
     }
+    let mut failed = None;
     while let Some(frame) = response.next_frame().await.map_err(|e| e.to_string())? {
-        writeln!(std::io::stdout().lock(), "{}", format_frame(&frame))
-            .map_err(|e| e.to_string())?;
+        if let Some(message) = print_frame(&frame)? {
+            failed.get_or_insert(message);
+        }
     }
-    Ok(())
+    match failed {
+        Some(message) => Err(protocol_error(&message)),
+        None if !status.is_success() => Err(format!("HTTP {status}")),
+        None => Ok(()),
+    }
 }
 
-/// Writes the frames, then prints responses until every request started
-/// has its final frame.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, frames: &[Frame]) -> CliResult {
+/// Writes the frames and then closes the writing side, while printing
+/// every frame the server sends until it closes the connection. A
+/// protocol error from the server, or a request left without its final
+/// frame, is an error.
+async fn exchange<S: AsyncRead + AsyncWrite>(stream: S, frames: &[Frame]) -> CliResult {
     let mut open: BTreeSet<u16> = frames
         .iter()
         .filter(|f| f.frame_type == FrameType::COMMAND_NAME)
@@ -119,46 +144,60 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, frames: &[Fr
     for frame in frames {
         frame.encode(&mut out);
     }
-    stream
-        .write_all(&out)
-        .await
-        .map_err(|e| format!("sending: {e}"))?;
-    let mut codec = FrameCodec::new();
-    let mut buf = BytesMut::new();
-    let stdout = std::io::stdout();
-    while !open.is_empty() {
-        while let Some(frame) = codec
-            .decode_frame(&mut buf)
-            .map_err(|e| format!("bad response: {e}"))?
-        {
-            writeln!(stdout.lock(), "{}", format_frame(&frame)).map_err(|e| e.to_string())?;
-            let last = frame.frame_type == FrameType::ERROR_RESPONSE
-                || (frame.frame_type == FrameType::BYTES_RESPONSE
-                    && frame.flags.contains(Flags::DATA_EOS));
-            if last {
-                open.remove(&frame.request_id);
-            }
-            if frame.frame_type == FrameType::ERROR_RESPONSE
-                && frame.flags.contains(Flags::PROTOCOL)
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    // Write and read at once: a server may answer (and block on a full
+    // socket) before it has read everything.
+    let send = async move {
+        writer.write_all(&out).await?;
+        // The server sees the end of input: it answers what it can (or
+        // says what is incomplete) and closes, with no wait for a timeout.
+        writer.shutdown().await
+    };
+    let receive = async {
+        let mut codec = FrameCodec::new().max_recv_payload(wiremux_proto::frame::MAX_WIRE_PAYLOAD);
+        let mut buf = BytesMut::new();
+        let mut failed: Option<String> = None;
+        loop {
+            while let Some(frame) = codec
+                .decode_frame(&mut buf)
+                .map_err(|e| format!("bad response: {e}"))?
             {
-                return Ok(());
+                if let Some(message) = print_frame(&frame)? {
+                    failed.get_or_insert(message);
+                }
+                let last = frame.frame_type == FrameType::ERROR_RESPONSE
+                    || (frame.frame_type == FrameType::BYTES_RESPONSE
+                        && frame.flags.contains(Flags::DATA_EOS));
+                if last {
+                    open.remove(&frame.request_id);
+                }
+            }
+            match reader.read_buf(&mut buf).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                // A reset after a protocol error is the server closing.
+                Err(_) if failed.is_some() => break,
+                Err(e) => return Err(format!("receiving: {e}")),
             }
         }
-        if open.is_empty() {
-            break;
+        if let Some(message) = failed {
+            return Err(protocol_error(&message));
         }
-        if stream
-            .read_buf(&mut buf)
-            .await
-            .map_err(|e| format!("receiving: {e}"))?
-            == 0
-        {
+        if !buf.is_empty() {
+            return Err("the server closed the connection inside a frame".to_string());
+        }
+        if !open.is_empty() {
             let ids: Vec<String> = open.iter().map(u16::to_string).collect();
             return Err(format!(
                 "the server closed the connection; no final frame for request(s) {}",
                 ids.join(", ")
             ));
         }
-    }
-    Ok(())
+        Ok(())
+    };
+    let (sent, received) = tokio::join!(send, receive);
+    // What the server said comes first: a write that failed because the
+    // server closed after an error is only a consequence.
+    received?;
+    sent.map_err(|e| format!("sending: {e}"))
 }

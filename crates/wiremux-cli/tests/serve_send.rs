@@ -131,11 +131,62 @@ fn a_protocol_error_is_printed_and_ends_the_exchange() {
         &["--connect", &serve.listening, "2 command-name eos echo"],
         "",
     );
-    assert!(out.status.success());
+    assert!(!out.status.success());
     assert_eq!(
         lines(&out),
         ["2 error-response protocol request 2: a client command must use an odd request ID"]
     );
+    assert_eq!(
+        stderr(&out),
+        "wiremux: the server answered with a protocol error: request 2: a client command must use an odd request ID\n"
+    );
+}
+
+#[test]
+fn a_protocol_error_for_a_request_never_started_is_printed() {
+    let serve = Serve::start(&["--listen", "127.0.0.1:0"]);
+    let out = send(
+        &["--connect", &serve.listening, "1 command-data eos x"],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        lines(&out),
+        ["1 error-response protocol request 1: command-data frame for a request that was never started"]
+    );
+    assert!(stderr(&out).starts_with("wiremux: the server answered with a protocol error: "));
+}
+
+#[test]
+fn send_closes_its_writing_side_so_an_incomplete_command_is_answered() {
+    let serve = Serve::start(&["--listen", "127.0.0.1:0"]);
+    // With a 60 s timeout: a send that kept its writing side open would
+    // wait it out (and the test would take a minute) before answering.
+    let out = send(
+        &[
+            "--connect",
+            &serve.listening,
+            "--timeout",
+            "60",
+            "1 command-name have-args echo",
+        ],
+        "",
+    );
+    assert_eq!(
+        lines(&out),
+        ["1 error-response application request 1: input ended before the command was complete (receiving arguments)"]
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn send_without_a_server_names_every_way_to_give_one() {
+    let out = send(&["1 command-name eos echo"], "");
+    assert_eq!(out.status.code(), Some(2));
+    let text = stderr(&out);
+    for flag in ["--connect", "--unix", "--http"] {
+        assert!(text.contains(flag), "{flag} missing from: {text}");
+    }
 }
 
 #[test]
@@ -249,7 +300,7 @@ fn send_reports_bad_input_and_unreachable_servers() {
     );
     assert_eq!(
         stderr(&out),
-        "wiremux: line 2: request id: `bogus` is not a number from 0 to 65535\n"
+        "wiremux: stdin line 2: request id: `bogus` is not a number from 0 to 65535\n"
     );
     assert!(!out.status.success());
 }
