@@ -89,8 +89,8 @@ pub fn read_frames(lines: &[String]) -> Result<Vec<Frame>, String> {
 fn print_frame(frame: &Frame) -> Result<Option<String>, String> {
     writeln!(std::io::stdout().lock(), "{}", format_frame(frame))
         .map_err(|e| format!("writing stdout: {e}"))?;
-    let protocol = frame.frame_type == FrameType::ERROR_RESPONSE
-        && frame.flags.contains(Flags::PROTOCOL);
+    let protocol =
+        frame.frame_type == FrameType::ERROR_RESPONSE && frame.flags.contains(Flags::PROTOCOL);
     Ok(protocol.then(|| String::from_utf8_lossy(&frame.payload).into_owned()))
 }
 

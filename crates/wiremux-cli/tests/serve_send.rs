@@ -145,10 +145,7 @@ fn a_protocol_error_is_printed_and_ends_the_exchange() {
 #[test]
 fn a_protocol_error_for_a_request_never_started_is_printed() {
     let serve = Serve::start(&["--listen", "127.0.0.1:0"]);
-    let out = send(
-        &["--connect", &serve.listening, "1 command-data eos x"],
-        "",
-    );
+    let out = send(&["--connect", &serve.listening, "1 command-data eos x"], "");
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         lines(&out),

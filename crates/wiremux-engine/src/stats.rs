@@ -481,7 +481,11 @@ mod tests {
         stats.absorb(&mut local);
         let snap = stats.snapshot();
         assert_eq!(
-            (snap.frames_in, snap.requests_started, snap.requests_in_flight),
+            (
+                snap.frames_in,
+                snap.requests_started,
+                snap.requests_in_flight
+            ),
             (3, 2, 1)
         );
         // A server without a table (Stats::default) drops per-command data.
