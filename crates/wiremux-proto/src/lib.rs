@@ -11,6 +11,11 @@
 //! - [`server`]: the server reactor, one assembler per request ID.
 //! - [`client`]: the ID allocator and the response assembler.
 //! - [`reflect`]: the reflect report of the server reactor's decisions.
+//! - [`request`]: the one request type, from the reactor to the handler.
+//! - [`schedule`]: the reserved arguments of the extensions (PROTOCOL.md §8).
+//! - [`send`]: the send side: response bodies in, frames out.
+//! - [`lifecycle`]: every request of a connection from first to last frame:
+//!   receive side, scheduler, send side and timers, for every transport.
 //!
 //! ```
 //! use wiremux_proto::builder::CommandBuilder;
@@ -38,8 +43,11 @@ pub mod codec;
 pub mod frame;
 pub mod human;
 pub mod id_map;
+pub mod lifecycle;
 pub mod reflect;
 pub mod request;
+pub mod schedule;
+pub mod send;
 pub mod server;
 mod slots;
 

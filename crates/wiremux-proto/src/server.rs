@@ -690,6 +690,17 @@ impl ServerReactor {
         Ok(Action::RunCommand(command))
     }
 
+    /// Stops a request whose frames are still arriving (it was cancelled):
+    /// its buffers are freed and its later frames dropped, as after a
+    /// request-level error. `false` if it was not receiving.
+    pub fn stop_receiving(&mut self, request_id: u16) -> bool {
+        if !matches!(self.slots.get(request_id), Some(Slot::Receiving(_))) {
+            return false;
+        }
+        self.discard(request_id, FrameType::COMMAND_NAME, Flags::new(0));
+        true
+    }
+
     /// Tells the reactor that the response of `request_id` has been sent in
     /// full (its last frame written): the ID may be used again.
     pub fn on_response_finished(&mut self, request_id: u16) {

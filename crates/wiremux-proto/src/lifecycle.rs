@@ -1,0 +1,856 @@
+//! The life of every request of one connection, from its first frame to
+//! its terminal frame, for every transport.
+//!
+//! [`Lifecycle`] joins the receive side ([`ServerReactor`]), the scheduler
+//! of PROTOCOL.md section 8 (dependencies, kept results, cancellation,
+//! deadlines) and the send side ([`SendQueue`]). It owns no socket and no
+//! clock: frames and `now` go in; what to run or stop comes out of
+//! [`Lifecycle::poll_event`], bytes to write out of
+//! [`Lifecycle::poll_transmit`], and the next moment it needs attention out
+//! of [`Lifecycle::poll_timeout`]. A transport moves bytes, runs the
+//! commands it is told to run, and reports their outcomes back.
+//!
+//! One state per request, held in one place:
+//!
+//! ```text
+//! receiving ──complete──▶ held (waits for @after / @use) ──▶ running ──▶ answering (a stream)
+//!     │                     │                                  │             │
+//!     └──── error, @cancel, deadline, failed dependency ───────┴─────────────┴──▶ ending ──terminal frame framed──▶ ended
+//! ```
+//!
+//! Every request ends exactly once, through its terminal frame (a final
+//! `eos` bytes-response or an error-response), and only then is its ID
+//! free again, its success or failure remembered (a bit per ID) for later
+//! `@after`, its body kept if it asked for `@keep`, and the requests
+//! waiting for it released or failed.
+//!
+//! ```
+//! use std::time::Instant;
+//! use wiremux_proto::human::parse_frame;
+//! use wiremux_proto::lifecycle::{Event, Lifecycle, LifecycleConfig};
+//!
+//! let now = Instant::now();
+//! let mut lc = Lifecycle::new(LifecycleConfig::default());
+//! for line in ["1 command-name have-args add", "1 command-argument eoa \\x01\\x00\\x01\\x00a1"] {
+//!     lc.on_frame(parse_frame(line).unwrap(), now);
+//! }
+//! let Some(Event::Run(token, request)) = lc.poll_event() else { panic!() };
+//! assert_eq!(request.arg("a").unwrap(), "1");
+//! lc.on_body(token, "answer".into());
+//! let wire = lc.poll_transmit(usize::MAX).split().freeze();
+//! let frames = wiremux_proto::decode_all(&wire).unwrap();
+//! assert_eq!(wiremux_proto::human::format_frame(&frames[0]), "1 bytes-response eos answer");
+//! ```
+
+use crate::builder::{error_response_frame, ErrorFlag};
+use crate::frame::{Frame, FrameType};
+use crate::schedule::{self, Reserved};
+use crate::send::{End, SendQueue};
+use crate::server::{Action, ErrorKind, Limits, ReactorError, Scope, ServerReactor};
+use crate::{IdMap, Request};
+use bytes::{Bytes, BytesMut};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// The settings of a [`Lifecycle`], each with its default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleConfig {
+    /// The reactor's limits; `max_send_payload` is the one frame size of
+    /// every response (default 32768).
+    pub limits: Limits,
+    /// Send responses in request order (head-of-line blocking), as an
+    /// in-order baseline. Default false.
+    pub in_order: bool,
+    /// The server's own deadline for every request, from its last frame.
+    /// Default none.
+    pub request_deadline: Option<Duration>,
+    /// A request whose frames are still arriving this long after the last
+    /// command completed (or after arrival began) fails the connection
+    /// (slowloris defence). Default 30 s; `None` turns it off.
+    pub assembly_timeout: Option<Duration>,
+    /// Nothing in flight and nothing arriving for this long: the
+    /// connection should close ([`Lifecycle::idle_expired`]). Default 300 s.
+    pub idle_timeout: Option<Duration>,
+    /// Most IDs one request may depend on (`@after` and `@use`). Default 64.
+    pub max_dependencies: usize,
+    /// Most bytes of `@keep` bodies kept at once. Default 8 MiB.
+    pub max_kept_bytes: usize,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig {
+            limits: Limits::default(),
+            in_order: false,
+            request_deadline: None,
+            assembly_timeout: Some(Duration::from_secs(30)),
+            idle_timeout: Some(Duration::from_secs(300)),
+            max_dependencies: schedule::DEFAULT_MAX_DEPENDENCIES,
+            max_kept_bytes: schedule::DEFAULT_MAX_KEPT_BYTES,
+        }
+    }
+}
+
+/// Names one run of a request: its ID and which request on that ID. A
+/// transport hands it back with the outcome; an outcome for a request that
+/// has already ended (cancelled, timed out) is ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Token {
+    /// The request ID.
+    pub id: u16,
+    seq: u32,
+}
+
+/// What the transport must do.
+#[derive(Debug)]
+pub enum Event {
+    /// Run this command (check its permission, start its handler) and
+    /// report its outcome with the token.
+    Run(Token, Request),
+    /// Stop the command run for this token, now: its request has already
+    /// been answered (cancelled, timed out); its result is not wanted.
+    Cancel(Token),
+}
+
+/// Counts since the last [`Lifecycle::take_counters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Requests begun (a command-name frame taken in).
+    pub requests_started: u64,
+    /// Requests that ended with a final bytes-response.
+    pub requests_completed: u64,
+    /// Requests that ended with an error-response.
+    pub requests_failed: u64,
+    /// Of those, requests stopped by `@cancel`.
+    pub requests_cancelled: u64,
+    /// Requests dropped unanswered because the connection ended.
+    pub requests_abandoned: u64,
+    /// Frames framed for sending.
+    pub frames_out: u64,
+    /// Connection-level protocol errors.
+    pub protocol_errors: u64,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Frames are still arriving.
+    Receiving,
+    /// Complete, waiting for requests it depends on.
+    Held(Box<Held>),
+    /// The transport runs it.
+    Running,
+    /// Its response is a stream, being answered.
+    Answering,
+    /// Its terminal frame is queued.
+    Ending,
+}
+
+#[derive(Debug)]
+struct Held {
+    request: Request,
+    waiting: usize,
+    uses: Vec<(Bytes, u16)>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    seq: u32,
+    phase: Phase,
+    /// `@keep`: the body so far (`None` once it no longer fits).
+    keep: Option<Option<Kept>>,
+    /// The deadline and the milliseconds its error names.
+    deadline: Option<(Instant, u64)>,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    parts: Vec<Bytes>,
+    len: usize,
+}
+
+/// A bit per odd request ID.
+#[derive(Debug, Default)]
+struct IdBits(Vec<u64>);
+
+impl IdBits {
+    fn get(&self, id: u16) -> bool {
+        let i = usize::from(id >> 1);
+        self.0.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1)
+    }
+
+    fn set(&mut self, id: u16, on: bool) {
+        let i = usize::from(id >> 1);
+        if self.0.len() <= i / 64 {
+            if !on {
+                return;
+            }
+            self.0.resize(i / 64 + 1, 0);
+        }
+        let bit = 1u64 << (i % 64);
+        if on {
+            self.0[i / 64] |= bit;
+        } else {
+            self.0[i / 64] &= !bit;
+        }
+    }
+}
+
+/// The lifecycle of every request of one connection. See the module
+/// documentation.
+#[derive(Debug)]
+pub struct Lifecycle {
+    config: LifecycleConfig,
+    reactor: ServerReactor,
+    send: SendQueue,
+    entries: IdMap<Entry>,
+    next_seq: u32,
+    /// Which odd IDs have had a request end, and whether it failed.
+    used: IdBits,
+    failed: IdBits,
+    kept: IdMap<Bytes>,
+    kept_bytes: usize,
+    /// Requests held for each ID they wait for.
+    waiters: IdMap<Vec<Token>>,
+    deadlines: BinaryHeap<Reverse<(Instant, u16, u32)>>,
+    live_deadlines: usize,
+    events: VecDeque<Event>,
+    errored: bool,
+    input_ended: bool,
+    assembly_since: Option<Instant>,
+    idle_since: Option<Instant>,
+    idle_expired: bool,
+    processing: bool,
+    counters: Counters,
+}
+
+impl Lifecycle {
+    /// A lifecycle with these settings.
+    pub fn new(config: LifecycleConfig) -> Lifecycle {
+        Lifecycle {
+            reactor: ServerReactor::with_limits(config.limits.clone()),
+            send: SendQueue::new(config.limits.max_send_payload, config.in_order),
+            config,
+            entries: IdMap::default(),
+            next_seq: 0,
+            used: IdBits::default(),
+            failed: IdBits::default(),
+            kept: IdMap::default(),
+            kept_bytes: 0,
+            waiters: IdMap::default(),
+            deadlines: BinaryHeap::new(),
+            live_deadlines: 0,
+            events: VecDeque::new(),
+            errored: false,
+            input_ended: false,
+            assembly_since: None,
+            idle_since: None,
+            idle_expired: false,
+            processing: false,
+            counters: Counters::default(),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &LifecycleConfig {
+        &self.config
+    }
+
+    // ---- input ----
+
+    /// Takes one frame that arrived at `now`.
+    pub fn on_frame(&mut self, frame: Frame, now: Instant) {
+        if self.errored {
+            return;
+        }
+        let id = frame.request_id;
+        let is_name = frame.frame_type == FrameType::COMMAND_NAME;
+        if is_name {
+            if let Some(entry) = self.entries.get(&id) {
+                // The reactor knows receiving and running requests; a
+                // request whose error is still queued (in-order mode) is
+                // known only here, and its ID is not free yet either.
+                if !matches!(entry.phase, Phase::Receiving | Phase::Running) {
+                    return self.fail_connection(&ReactorError {
+                        request_id: id,
+                        kind: ErrorKind::IdStillActive,
+                    });
+                }
+            }
+        }
+        let action = self.reactor.on_frame(frame);
+        if is_name && !matches!(&action, Action::Error(e) if e.scope() == Scope::Connection) {
+            self.begin(id);
+        }
+        self.on_action(action, now);
+        self.process_ended();
+    }
+
+    /// The input has ended: requests still arriving get their errors; the
+    /// others are answered as usual.
+    pub fn on_input_eof(&mut self, now: Instant) {
+        if self.errored || self.input_ended {
+            return;
+        }
+        self.input_ended = true;
+        let action = self.reactor.on_input_eof();
+        self.on_action(action, now);
+        self.process_ended();
+    }
+
+    /// A connection-level error found outside the reactor (a bad header, a
+    /// truncated frame): the `protocol` error-response is queued, every
+    /// request is dropped, and nothing more is taken in.
+    pub fn fail(&mut self, request_id: u16, message: &str) {
+        if self.errored {
+            return;
+        }
+        self.errored = true;
+        self.counters.protocol_errors += 1;
+        self.abandon();
+        error_response_frame(
+            request_id,
+            ErrorFlag::Protocol,
+            message,
+            self.send.max_payload(),
+        )
+        .encode(self.send.output());
+        self.counters.frames_out += 1;
+    }
+
+    fn fail_connection(&mut self, err: &ReactorError) {
+        self.fail(err.request_id, &err.message());
+    }
+
+    /// A command-name frame began request `id`.
+    fn begin(&mut self, id: u16) {
+        // A new command on an ID frees the body kept from its last one.
+        if let Some(body) = self.kept.remove(&id) {
+            self.kept_bytes -= body.len();
+        }
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.counters.requests_started += 1;
+        self.entries.insert(
+            id,
+            Entry {
+                seq,
+                phase: Phase::Receiving,
+                keep: None,
+                deadline: None,
+            },
+        );
+    }
+
+    fn on_action(&mut self, action: Action, now: Instant) {
+        match action {
+            Action::RunCommand(request) => self.on_complete(request, now),
+            Action::Error(err) if err.scope() == Scope::Connection => self.fail_connection(&err),
+            Action::Error(err) => {
+                for frame in err.frames(self.send.max_payload()) {
+                    let message = String::from_utf8_lossy(&frame.payload).into_owned();
+                    self.send.expect(frame.request_id);
+                    self.fail_request(frame.request_id, &message);
+                }
+            }
+            // Output is the send side's: the reactor never defers here.
+            Action::SendFrames(_) | Action::WantFrame { .. } | Action::Noop => {}
+        }
+    }
+
+    /// A request's frames are all here: take its reserved arguments, set
+    /// its deadline, and run it, hold it, or fail it.
+    fn on_complete(&mut self, mut request: Request, now: Instant) {
+        let id = request.request_id;
+        if self.reactor.receiving() > 0 {
+            self.assembly_since = Some(now);
+        }
+        self.send.expect(id);
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        entry.phase = Phase::Running;
+        let seq = entry.seq;
+        let reserved = match schedule::take_reserved(&mut request, self.config.max_dependencies) {
+            Ok(reserved) => reserved,
+            Err(message) => return self.fail_request(id, &message),
+        };
+        let mut deadline = self
+            .config
+            .request_deadline
+            .map(|d| (now + d, d.as_millis() as u64));
+        if let Some(ms) = reserved.as_ref().and_then(|r| r.deadline_ms) {
+            let at = now + Duration::from_millis(ms);
+            if deadline.map_or(true, |(earlier, _)| at < earlier) {
+                deadline = Some((at, ms));
+            }
+        }
+        if let Some((at, _)) = deadline {
+            request.deadline = Some(at);
+            entry.deadline = deadline;
+            self.deadlines.push(Reverse((at, id, seq)));
+            self.live_deadlines += 1;
+        }
+        let Some(reserved) = reserved else {
+            return self.release(Token { id, seq }, request, Vec::new());
+        };
+        if reserved.keep {
+            entry.keep = Some(Some(Kept::default()));
+        }
+        let mut waiting = Vec::new();
+        for dep in reserved.dependencies() {
+            match self.dependency_state(dep, id, seq) {
+                DepState::Ended => {}
+                DepState::Pending => waiting.push(dep),
+                DepState::Failed => {
+                    return self.fail_request(id, &format!("dependency {dep} failed"))
+                }
+                DepState::Unknown => {
+                    return self.fail_request(id, &format!("unknown dependency {dep}"))
+                }
+            }
+        }
+        let Reserved { uses, .. } = reserved;
+        if waiting.is_empty() {
+            return self.release(Token { id, seq }, request, uses);
+        }
+        for &dep in &waiting {
+            self.waiters.entry(dep).or_default().push(Token { id, seq });
+        }
+        let entry = self.entries.get_mut(&id).expect("present");
+        entry.phase = Phase::Held(Box::new(Held {
+            request,
+            waiting: waiting.len(),
+            uses,
+        }));
+    }
+
+    /// Where dependency `dep` of request `id` (begun as `seq`) stands.
+    fn dependency_state(&self, dep: u16, id: u16, seq: u32) -> DepState {
+        if dep == id {
+            return DepState::Unknown;
+        }
+        if let Some(entry) = self.entries.get(&dep) {
+            // Begun after this request: not one it could have named.
+            return if entry.seq.wrapping_sub(seq) as i32 > 0 {
+                DepState::Unknown
+            } else {
+                DepState::Pending
+            };
+        }
+        if !self.used.get(dep) {
+            DepState::Unknown
+        } else if self.failed.get(dep) {
+            DepState::Failed
+        } else {
+            DepState::Ended
+        }
+    }
+
+    /// Every dependency has ended: substitute used results and run.
+    fn release(&mut self, token: Token, mut request: Request, uses: Vec<(Bytes, u16)>) {
+        let id = token.id;
+        for (name, dep) in uses {
+            if self.failed.get(dep) {
+                return self.fail_request(id, &format!("dependency {dep} failed"));
+            }
+            let Some(body) = self.kept.get(&dep) else {
+                return self.fail_request(id, &format!("response {dep} was not kept"));
+            };
+            request.args.push((name, body.clone()));
+        }
+        let size: usize = request
+            .args
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum::<usize>()
+            + request.data.as_ref().map_or(0, Bytes::len);
+        let max = self.config.limits.max_request_bytes;
+        if size > max {
+            return self.fail_request(id, &format!("more than {max} bytes of arguments and data"));
+        }
+        if let Some(entry) = self.entries.get_mut(&id) {
+            entry.phase = Phase::Running;
+        }
+        match &request.name[..] {
+            schedule::CAPABILITIES_COMMAND => {
+                self.on_body(token, Bytes::from_static(schedule::CAPABILITIES.as_bytes()))
+            }
+            schedule::CANCEL_COMMAND => self.cancel_command(token, &request),
+            _ => self.events.push_back(Event::Run(token, request)),
+        }
+    }
+
+    /// `@cancel id=N`: stop request N if it has not ended.
+    fn cancel_command(&mut self, token: Token, request: &Request) {
+        let target = match request.arg_parse::<u16>("id") {
+            Ok(target) => target,
+            Err(err) => return self.fail_request(token.id, err.message()),
+        };
+        let stoppable = target != token.id
+            && self
+                .entries
+                .get(&target)
+                .is_some_and(|e| !matches!(e.phase, Phase::Ending));
+        let answer = if stoppable {
+            self.stop(target, "cancelled");
+            self.counters.requests_cancelled += 1;
+            "cancelled"
+        } else {
+            "not running"
+        };
+        self.on_body(token, Bytes::from_static(answer.as_bytes()));
+    }
+
+    /// Ends request `id` now with `message`, whatever it was doing: a
+    /// running command is stopped ([`Event::Cancel`]), one still receiving
+    /// has its further frames dropped.
+    fn stop(&mut self, id: u16, message: &str) {
+        let Some(entry) = self.entries.get(&id) else {
+            return;
+        };
+        match entry.phase {
+            Phase::Receiving => {
+                self.reactor.stop_receiving(id);
+                self.send.expect(id);
+            }
+            Phase::Running | Phase::Answering => {
+                let token = Token { id, seq: entry.seq };
+                self.events.push_back(Event::Cancel(token));
+            }
+            Phase::Held(_) | Phase::Ending => {}
+        }
+        self.fail_request(id, message);
+    }
+
+    /// Request `id` ends with an application error-response.
+    fn fail_request(&mut self, id: u16, message: &str) {
+        if let Some(entry) = self.entries.get_mut(&id) {
+            entry.phase = Phase::Ending;
+        }
+        self.send.push_error(id, message);
+    }
+
+    // ---- outcomes from the transport ----
+
+    fn live(&mut self, token: Token) -> Option<&mut Entry> {
+        self.entries
+            .get_mut(&token.id)
+            .filter(|e| e.seq == token.seq && matches!(e.phase, Phase::Running | Phase::Answering))
+    }
+
+    /// The whole response body of a command run for `token`.
+    pub fn on_body(&mut self, token: Token, body: Bytes) {
+        let Some(entry) = self.live(token) else {
+            return;
+        };
+        entry.phase = Phase::Ending;
+        if let Some(Some(kept)) = &mut entry.keep {
+            kept.len = body.len();
+            kept.parts = vec![body.clone()];
+        }
+        self.send.push_body(token.id, body);
+        self.process_ended();
+    }
+
+    /// The command run for `token` failed with `message`.
+    pub fn on_error(&mut self, token: Token, message: &str) {
+        if self.live(token).is_none() {
+            return;
+        }
+        self.fail_request(token.id, message);
+        self.process_ended();
+    }
+
+    /// The command run for `token` answers with a stream: chunks follow.
+    pub fn on_stream(&mut self, token: Token) {
+        let Some(entry) = self.live(token) else {
+            return;
+        };
+        entry.phase = Phase::Answering;
+        self.send.open_stream(token.id);
+    }
+
+    /// The next chunk of `token`'s stream.
+    pub fn on_chunk(&mut self, token: Token, chunk: Bytes) {
+        let budget = self.config.max_kept_bytes.saturating_sub(self.kept_bytes);
+        let Some(entry) = self.live(token) else {
+            return;
+        };
+        if let Some(keep) = &mut entry.keep {
+            if let Some(kept) = keep {
+                if kept.len + chunk.len() > budget {
+                    *keep = None;
+                } else {
+                    kept.len += chunk.len();
+                    kept.parts.push(chunk.clone());
+                }
+            }
+        }
+        self.send.push_chunk(token.id, chunk);
+    }
+
+    /// `token`'s stream has ended, or failed with a message.
+    pub fn on_stream_end(&mut self, token: Token, result: Result<(), &str>) {
+        let Some(entry) = self.live(token) else {
+            return;
+        };
+        entry.phase = Phase::Ending;
+        self.send
+            .end_stream(token.id, result.map_err(str::to_string));
+        self.process_ended();
+    }
+
+    /// Whether `token`'s stream should be polled for another chunk (less
+    /// than a frame of it waits to be framed).
+    pub fn wants_chunk(&self, token: Token) -> bool {
+        self.entries
+            .get(&token.id)
+            .is_some_and(|e| e.seq == token.seq && matches!(e.phase, Phase::Answering))
+            && self.send.wants_chunk(token.id)
+    }
+
+    // ---- output ----
+
+    /// What to do next: run a command, or stop one.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Frames queued responses (round robin) until at least `high_water`
+    /// bytes wait to be written, and gives the bytes to write. The
+    /// transport writes from the front and `advance`s past what it wrote.
+    pub fn poll_transmit(&mut self, high_water: usize) -> &mut BytesMut {
+        if self.send.frame(high_water) {
+            self.process_ended();
+        }
+        self.send.output()
+    }
+
+    /// Bytes framed and not yet taken by the transport.
+    pub fn pending_output(&mut self) -> usize {
+        self.send.output().len()
+    }
+
+    /// Requests whose terminal frame was framed: the ID is free, the
+    /// outcome remembered, the body kept, the dependents told. A loop, not
+    /// recursion: a chain of 10 000 failing dependents is 10 000 turns.
+    fn process_ended(&mut self) {
+        if self.processing {
+            // An outer call is looping: it takes these too.
+            return;
+        }
+        self.processing = true;
+        while self.send.has_ended() {
+            for (id, how) in self.send.take_ended() {
+                self.ended(id, how);
+            }
+        }
+        self.processing = false;
+        self.counters.frames_out += self.send.take_frames_out();
+    }
+
+    fn ended(&mut self, id: u16, how: End) {
+        let entry = self.entries.remove(&id);
+        self.reactor.on_response_finished(id);
+        self.used.set(id, true);
+        self.failed.set(id, how == End::Failed);
+        match how {
+            End::Ok => self.counters.requests_completed += 1,
+            End::Failed => self.counters.requests_failed += 1,
+        }
+        if let Some(entry) = entry {
+            if entry.deadline.is_some() {
+                self.live_deadlines -= 1;
+            }
+            if let (End::Ok, Some(Some(kept))) = (how, entry.keep) {
+                if self.kept_bytes + kept.len <= self.config.max_kept_bytes {
+                    let body = match kept.parts.len() {
+                        1 => kept.parts.into_iter().next().expect("one part"),
+                        _ => {
+                            let mut all = BytesMut::with_capacity(kept.len);
+                            kept.parts.iter().for_each(|p| all.extend_from_slice(p));
+                            all.freeze()
+                        }
+                    };
+                    self.kept_bytes += body.len();
+                    self.kept.insert(id, body);
+                }
+            }
+        }
+        let Some(waiters) = self.waiters.remove(&id) else {
+            return;
+        };
+        for waiter in waiters {
+            let Some(entry) = self.entries.get_mut(&waiter.id) else {
+                continue;
+            };
+            if entry.seq != waiter.seq {
+                continue;
+            }
+            let Phase::Held(held) = &mut entry.phase else {
+                continue;
+            };
+            if how == End::Failed {
+                self.fail_request(waiter.id, &format!("dependency {id} failed"));
+                continue;
+            }
+            held.waiting -= 1;
+            if held.waiting == 0 {
+                let Phase::Held(held) = std::mem::replace(&mut entry.phase, Phase::Running) else {
+                    unreachable!("held above")
+                };
+                let Held { request, uses, .. } = *held;
+                self.release(waiter, request, uses);
+            }
+        }
+    }
+
+    // ---- time ----
+
+    /// Tells the lifecycle whether the transport is reading (not paused for
+    /// backpressure, input not ended) and whether part of a frame waits in
+    /// its read buffer, at `now`. The assembly and idle timers run only
+    /// while reading: while the server holds back, the wait is its own.
+    pub fn set_input(&mut self, reading: bool, partial_frame: bool, now: Instant) {
+        let assembling = reading && (self.reactor.receiving() > 0 || partial_frame);
+        if !assembling {
+            self.assembly_since = None;
+        } else if self.assembly_since.is_none() {
+            self.assembly_since = Some(now);
+        }
+        let idle = reading && !partial_frame && self.entries.is_empty() && self.send.is_idle();
+        if !idle {
+            self.idle_since = None;
+        } else if self.idle_since.is_none() {
+            self.idle_since = Some(now);
+        }
+    }
+
+    /// The next moment [`Lifecycle::handle_timeout`] has work, if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let assembly = self
+            .assembly_since
+            .zip(self.config.assembly_timeout)
+            .map(|(since, limit)| since + limit);
+        let idle = self
+            .idle_since
+            .zip(self.config.idle_timeout)
+            .map(|(since, limit)| since + limit);
+        let deadline = self.deadlines.peek().map(|Reverse((at, _, _))| *at);
+        [assembly, idle, deadline].into_iter().flatten().min()
+    }
+
+    /// Time has come to `now`: requests past their deadline end with
+    /// `timed out after N ms` (and are stopped), a request assembling too
+    /// long fails the connection, and a connection idle too long is marked
+    /// [`Lifecycle::idle_expired`].
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, id, seq))) = self.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            let Some(entry) = self.entries.get(&id) else {
+                continue;
+            };
+            if entry.seq != seq || matches!(entry.phase, Phase::Ending) {
+                continue;
+            }
+            let ms = entry.deadline.map_or(0, |(_, ms)| ms);
+            self.stop(id, &format!("timed out after {ms} ms"));
+        }
+        if self.deadlines.len() > 64 && self.deadlines.len() > 2 * self.live_deadlines {
+            let entries = &self.entries;
+            self.deadlines.retain(|Reverse((_, id, seq))| {
+                entries
+                    .get(id)
+                    .is_some_and(|e| e.seq == *seq && !matches!(e.phase, Phase::Ending))
+            });
+        }
+        if let (Some(since), Some(limit)) = (self.assembly_since, self.config.assembly_timeout) {
+            if since + limit <= now {
+                self.assembly_since = None;
+                let ms = limit.as_millis();
+                self.fail(
+                    0,
+                    &format!("request not complete within the assembly timeout of {ms} ms"),
+                );
+            }
+        }
+        if let (Some(since), Some(limit)) = (self.idle_since, self.config.idle_timeout) {
+            if since + limit <= now {
+                self.idle_since = None;
+                self.idle_expired = true;
+            }
+        }
+        self.process_ended();
+    }
+
+    /// Whether the idle timeout has passed: the transport should stop
+    /// reading and close.
+    pub fn idle_expired(&self) -> bool {
+        self.idle_expired
+    }
+
+    // ---- state ----
+
+    /// Requests begun and not ended (receiving, held, running, answering,
+    /// or with their terminal frame queued).
+    pub fn in_flight(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Requests complete and not ended: what counts against the
+    /// per-connection limit of requests executing (held ones included).
+    pub fn executing(&self) -> usize {
+        self.reactor.active()
+    }
+
+    /// Requests whose frames are still arriving.
+    pub fn receiving(&self) -> usize {
+        self.reactor.receiving()
+    }
+
+    /// Whether a connection-level error ended the connection: write what is
+    /// framed (the error last), then close.
+    pub fn is_failed(&self) -> bool {
+        self.errored
+    }
+
+    /// Whether every request has ended and all output has been taken.
+    pub fn is_done(&self) -> bool {
+        self.entries.is_empty() && self.send.is_idle()
+    }
+
+    /// Bytes of `@keep` bodies kept now.
+    pub fn kept_bytes(&self) -> usize {
+        self.kept_bytes
+    }
+
+    /// The counts since the last call.
+    pub fn take_counters(&mut self) -> Counters {
+        std::mem::take(&mut self.counters)
+    }
+
+    /// The connection is gone: every request not ended is dropped
+    /// unanswered (counted as abandoned). Commands still running must be
+    /// stopped by the transport.
+    pub fn abandon(&mut self) {
+        self.counters.requests_abandoned += self.entries.len() as u64;
+        self.entries.clear();
+        self.waiters.clear();
+        self.deadlines.clear();
+        self.live_deadlines = 0;
+        self.events.clear();
+        self.send.clear();
+        self.reactor.abandon_active();
+    }
+}
+
+enum DepState {
+    Ended,
+    Pending,
+    Failed,
+    Unknown,
+}
