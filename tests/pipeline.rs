@@ -88,6 +88,14 @@ async fn failures_are_answers_and_the_rest_still_run() {
                 len: 70_000,
             })),
         ),
+        // A command name longer than a frame: refused in the client too.
+        (
+            CommandBuilder::new("n".repeat(40_000)),
+            Err(Error::Build(BuildError::CommandNameTooLong {
+                len: 40_000,
+                max: 32768,
+            })),
+        ),
         (CommandBuilder::new("echo").data("fine"), Ok("fine")),
     ];
     let mut expected = BTreeMap::new();

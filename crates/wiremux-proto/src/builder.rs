@@ -13,12 +13,23 @@
 //! ]);
 //! ```
 
-use crate::frame::{Flags, Frame, FrameType, Header, HEADER_LEN};
+use crate::frame::{Flags, Frame, FrameType, Header, HEADER_LEN, MAX_WIRE_PAYLOAD};
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// Why a command cannot be put into frames.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BuildError {
+    /// A command name longer than the payload of one frame: the
+    /// command-name frame carries the whole name.
+    #[error(
+        "command name of {len} bytes does not fit in one frame of at most {max} payload bytes"
+    )]
+    CommandNameTooLong {
+        /// The name's length.
+        len: usize,
+        /// The largest payload of a frame.
+        max: usize,
+    },
     /// An argument name over 65535 bytes, or too long for its first frame.
     #[error(
         "argument name of {len} bytes does not fit in one frame of at most {max} payload bytes"
@@ -72,7 +83,24 @@ impl CommandBuilder {
         self
     }
 
-    /// All frames of the command for `request_id`, no payload over `max_payload`.
+    /// All frames of the command for `request_id`, no payload over
+    /// `max_payload` (and none over the 16 MiB - 1 the header can say,
+    /// whatever `max_payload` is).
+    ///
+    /// The command name travels whole in the command-name frame, so a name
+    /// longer than `max_payload` is refused, as is an argument name that
+    /// does not fit in its first frame or a value over 65535 bytes:
+    ///
+    /// ```
+    /// use wiremux_proto::builder::{BuildError, CommandBuilder};
+    ///
+    /// let err = CommandBuilder::new("x".repeat(40_000)).frames(1, 32768).unwrap_err();
+    /// assert_eq!(err, BuildError::CommandNameTooLong { len: 40_000, max: 32768 });
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "command name of 40000 bytes does not fit in one frame of at most 32768 payload bytes"
+    /// );
+    /// ```
     pub fn frames(&self, request_id: u16, max_payload: usize) -> Result<Vec<Frame>, BuildError> {
         let mut out = Vec::new();
         self.for_each_frame(request_id, max_payload, |header, parts| {
@@ -91,7 +119,8 @@ impl CommandBuilder {
     }
 
     /// Appends the encoded frames of the command to `dst`, without building
-    /// intermediate [`Frame`] values.
+    /// intermediate [`Frame`] values. Refuses what [`CommandBuilder::frames`]
+    /// refuses, before writing anything to `dst`.
     pub fn encode(
         &self,
         request_id: u16,
@@ -116,6 +145,15 @@ impl CommandBuilder {
     ) -> Result<(), BuildError> {
         if max == 0 {
             return Err(BuildError::FrameSizeTooSmall(max));
+        }
+        // The header's 24-bit length field bounds every frame, whatever
+        // the caller asked for.
+        let max = max.min(MAX_WIRE_PAYLOAD);
+        if self.name.len() > max {
+            return Err(BuildError::CommandNameTooLong {
+                len: self.name.len(),
+                max,
+            });
         }
         let mut args: Vec<&(Bytes, Bytes)> = self.args.iter().collect();
         args.sort_by(|a, b| a.0.cmp(&b.0));
@@ -448,6 +486,65 @@ mod tests {
                 .to_string(),
             "argument `k` has a 65536-byte value; the protocol allows at most 65535"
         );
+    }
+
+    #[test]
+    fn builder_refuses_a_command_name_longer_than_a_frame() {
+        // Exactly one frame's payload is fine; one byte over is not.
+        let frames = CommandBuilder::new("n".repeat(16)).frames(1, 16).unwrap();
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].payload.len(), 16);
+        let err = CommandBuilder::new("n".repeat(17))
+            .frames(1, 16)
+            .unwrap_err();
+        assert_eq!(err, BuildError::CommandNameTooLong { len: 17, max: 16 });
+        assert_eq!(
+            err.to_string(),
+            "command name of 17 bytes does not fit in one frame of at most 16 payload bytes"
+        );
+        // encode refuses it too, and writes nothing.
+        let mut dst = BytesMut::new();
+        let err = CommandBuilder::new("n".repeat(65_536))
+            .arg("k", "v")
+            .encode(1, 65_535, &mut dst)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "command name of 65536 bytes does not fit in one frame of at most 65535 payload bytes"
+        );
+        assert!(dst.is_empty());
+    }
+
+    #[test]
+    fn names_and_data_over_16_mib_are_errors_not_panics() {
+        const OVER: usize = MAX_WIRE_PAYLOAD + 1;
+        // Even with no frame-size limit asked for, the 24-bit length field
+        // is the limit.
+        let err = CommandBuilder::new(vec![b'n'; OVER])
+            .frames(1, usize::MAX)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            BuildError::CommandNameTooLong {
+                len: OVER,
+                max: MAX_WIRE_PAYLOAD
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "command name of 16777216 bytes does not fit in one frame of at most 16777215 payload bytes"
+        );
+        let mut dst = BytesMut::new();
+        assert!(CommandBuilder::new(vec![b'n'; OVER])
+            .encode(1, 32768, &mut dst)
+            .is_err());
+        // Data over 16 MiB is split at the header's limit instead.
+        let frames = CommandBuilder::new("put")
+            .data(vec![0u8; OVER])
+            .frames(1, usize::MAX)
+            .unwrap();
+        let sizes: Vec<usize> = frames.iter().map(|f| f.payload.len()).collect();
+        assert_eq!(sizes, [3, MAX_WIRE_PAYLOAD, 1]);
     }
 
     #[test]
