@@ -6,6 +6,7 @@ mod common;
 
 use common::{wait_idle, wait_stats, within};
 use futures::stream::{FuturesUnordered, StreamExt};
+use std::error::Error as _;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -155,6 +156,8 @@ async fn a_closed_connection_fails_every_pending_call() {
                 "the server closed the connection with requests in flight".into()
             )
         );
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert!(err.source().is_none());
     }
     within("the client to close", async {
         while !client.is_closed() {
@@ -171,6 +174,7 @@ async fn a_closed_connection_fails_every_pending_call() {
         err.to_string(),
         "connection lost: the connection has closed"
     );
+    assert_eq!(err.kind(), std::io::ErrorKind::NotConnected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,6 +188,65 @@ async fn a_reset_connection_fails_every_pending_call() {
     for call in ten_calls(&client) {
         let err = within("a call to fail", call).await.unwrap().unwrap_err();
         assert!(matches!(err, Error::ConnectionLost(_)), "{err:?}");
+        // The socket's own error, kind and all.
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err:?}");
+        let source = err.source().unwrap().downcast_ref::<std::io::Error>();
+        assert_eq!(
+            source.map(|e| e.kind()),
+            Some(std::io::ErrorKind::ConnectionReset)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_says_why_with_the_socket_error() {
+    // A port that was just free: nothing listens there.
+    let addr = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let err = Client::connect(addr).await.unwrap_err();
+    assert!(matches!(err, Error::Connect(_)), "{err:?}");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    let source = err.source().unwrap().downcast_ref::<std::io::Error>();
+    assert_eq!(
+        source.map(|e| e.kind()),
+        Some(std::io::ErrorKind::ConnectionRefused)
+    );
+    assert!(err.to_string().starts_with("cannot connect: "), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_response_fails_the_calls_with_invalid_data() {
+    let addr = fake_server(TEN_CALLS_FRAMES, |mut stream| async move {
+        let mut out = Vec::new();
+        // A response to a request the client never started.
+        parse_frame("9999 bytes-response eos x")
+            .unwrap()
+            .encode(&mut out);
+        stream.write_all(&out).await.unwrap();
+        close_and_drain(stream).await;
+    })
+    .await;
+    let client = connect(addr).await;
+    for call in ten_calls(&client) {
+        let err = within("a call to fail", call).await.unwrap().unwrap_err();
+        assert_eq!(
+            err,
+            Error::ConnectionLost(
+                "invalid response from the server: request 9999: bytes-response frame \
+                 for a request this client is not waiting on"
+                    .into()
+            )
+        );
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        let source = err.source().unwrap();
+        assert!(
+            source
+                .downcast_ref::<wiremux::proto::client::ClientError>()
+                .is_some(),
+            "{source:?}"
+        );
     }
 }
 
@@ -202,6 +265,7 @@ async fn a_protocol_error_fails_every_pending_call() {
     for call in ten_calls(&client) {
         let err = within("a call to fail", call).await.unwrap().unwrap_err();
         assert_eq!(err, Error::Protocol("go away".into()));
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
     }
 }
 

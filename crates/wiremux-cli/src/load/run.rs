@@ -186,7 +186,7 @@ pub async fn run(plan: &Plan, live: Arc<Live>) -> Result<Outcome, String> {
 
 fn strip_connect(e: &Error) -> String {
     match e {
-        Error::Connect(m) => m.clone(),
+        Error::Connect(m) => m.to_string(),
         other => other.to_string(),
     }
 }

@@ -30,33 +30,17 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
-use wiremux_proto::builder::{BuildError, CommandBuilder};
+use wiremux_proto::builder::CommandBuilder;
 use wiremux_proto::client::{ClientError, IdAllocator, Outcome, ResponseAssembler};
 use wiremux_proto::{Flags, FrameCodec, FrameType, IdMap};
+
+mod error;
+
+pub use error::{Error, Reason};
 
 /// Output buffered before the driver stops taking new calls.
 const WRITE_HIGH_WATER: usize = 256 << 10;
 const ROUNDS_PER_WAKE: usize = 32;
-
-/// Why a call failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Error {
-    /// The command failed on the server; the server's message.
-    #[error("application error: {0}")]
-    Application(String),
-    /// The server reported a protocol error and closes the connection.
-    #[error("protocol error from the server: {0}")]
-    Protocol(String),
-    /// The connection ended before the response arrived.
-    #[error("connection lost: {0}")]
-    ConnectionLost(String),
-    /// Connecting failed.
-    #[error("cannot connect: {0}")]
-    Connect(String),
-    /// The command cannot be put into frames.
-    #[error("invalid command: {0}")]
-    Build(#[from] BuildError),
-}
 
 /// A successful response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +96,7 @@ impl Client {
     pub async fn connect(addr: impl ToSocketAddrs) -> Result<Client, Error> {
         let stream = TcpStream::connect(addr)
             .await
-            .map_err(|e| Error::Connect(e.to_string()))?;
+            .map_err(|e| Error::Connect(Reason::io(e)))?;
         let _ = stream.set_nodelay(true);
         Ok(Client::new(stream))
     }
@@ -121,7 +105,7 @@ impl Client {
     pub async fn connect_unix(path: impl AsRef<std::path::Path>) -> Result<Client, Error> {
         let stream = tokio::net::UnixStream::connect(path)
             .await
-            .map_err(|e| Error::Connect(e.to_string()))?;
+            .map_err(|e| Error::Connect(Reason::io(e)))?;
         Ok(Client::new(stream))
     }
 
@@ -166,8 +150,9 @@ impl Client {
             .send(Submit::One { command, reply })
             .map_err(|_| closed())?;
         rx.await.unwrap_or_else(|_| {
-            Err(Error::ConnectionLost(
-                "the connection closed before the response".into(),
+            Err(lost(
+                io::ErrorKind::ConnectionAborted,
+                "the connection closed before the response",
             ))
         })
     }
@@ -193,7 +178,12 @@ impl Client {
 }
 
 fn closed() -> Error {
-    Error::ConnectionLost("the connection has closed".into())
+    lost(io::ErrorKind::NotConnected, "the connection has closed")
+}
+
+/// A lost connection of `kind`, with nothing underneath.
+fn lost(kind: io::ErrorKind, message: &str) -> Error {
+    Error::ConnectionLost(Reason::new(kind, message))
 }
 
 /// Many calls on one connection without a future per call.
@@ -361,15 +351,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
         // A bug that panics here must still answer every caller below.
         let ended = futures::future::poll_fn(|cx| {
             std::panic::catch_unwind(AssertUnwindSafe(|| self.poll_run(cx))).unwrap_or_else(|_| {
-                Poll::Ready(Ok(Error::ConnectionLost(
-                    "the client's connection task failed".into(),
+                Poll::Ready(Ok(lost(
+                    io::ErrorKind::Other,
+                    "the client's connection task failed",
                 )))
             })
         })
         .await;
         let reason = match ended {
             Ok(reason) => reason,
-            Err(err) => Error::ConnectionLost(err.to_string()),
+            Err(err) => Error::from(err),
         };
         self.calls.close();
         for (_, waiter) in std::mem::take(&mut self.waiters) {
@@ -497,7 +488,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
                 all_gone
             } {
                 let _ = Pin::new(&mut self.io).poll_shutdown(cx);
-                return Poll::Ready(Ok(Error::ConnectionLost("the client was dropped".into())));
+                return Poll::Ready(Ok(lost(
+                    io::ErrorKind::NotConnected,
+                    "the client was dropped",
+                )));
             }
             if !progress {
                 return Poll::Pending;
@@ -606,7 +600,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
                     continue;
                 }
                 Ok(None) => {}
-                Err(err) => return Ok(Poll::Ready(Some(Error::ConnectionLost(err.to_string())))),
+                Err(err) => {
+                    let message = err.to_string();
+                    let reason = Reason::caused_by(io::ErrorKind::InvalidData, message, err);
+                    return Ok(Poll::Ready(Some(Error::ConnectionLost(reason))));
+                }
             }
             self.rbuf.reserve(16 << 10);
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)? {
@@ -616,7 +614,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
                     } else {
                         "the server closed the connection with requests in flight"
                     };
-                    return Ok(Poll::Ready(Some(Error::ConnectionLost(why.into()))));
+                    return Ok(Poll::Ready(Some(lost(io::ErrorKind::UnexpectedEof, why))));
                 }
                 Poll::Ready(_) => progress = true,
                 Poll::Pending => {
@@ -668,5 +666,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
 }
 
 fn invalid(err: ClientError) -> Error {
-    Error::ConnectionLost(format!("invalid response from the server: {err}"))
+    let message = format!("invalid response from the server: {err}");
+    Error::ConnectionLost(Reason::caused_by(io::ErrorKind::InvalidData, message, err))
 }
