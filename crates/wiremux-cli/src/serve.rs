@@ -2,8 +2,10 @@
 //! HTTP (Mercurial's HTTP API version 2).
 
 use crate::CliResult;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use wiremux_engine::{demo, Config, Server};
 
 /// Arguments of `wiremux serve`.
@@ -38,7 +40,8 @@ pub struct Args {
     /// Send responses in request order (an in-order baseline).
     #[arg(long)]
     in_order: bool,
-    /// Seconds requests in flight may take to finish after Ctrl-C.
+    /// Seconds requests in flight may take to finish after Ctrl-C or
+    /// SIGTERM (a second signal exits at once).
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     drain_secs: u64,
 }
@@ -84,6 +87,9 @@ async fn serve(
             .await
             .map_err(|e| format!("stdio connection: {e}"));
     }
+    // Before anything is announced: a signal sent as soon as the server
+    // says it listens must find the handlers in place.
+    let signals = Signals::new().map_err(|e| format!("cannot watch signals: {e}"))?;
     let listen = match (&listen, &unix, &http) {
         (None, None, None) => Some("127.0.0.1:7878".to_string()),
         _ => listen,
@@ -94,7 +100,6 @@ async fn serve(
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
-        tracing::info!(%local, "listening on TCP");
         eprintln!("wiremux: listening on {local}");
         let s = server.clone();
         tasks.spawn(async move {
@@ -130,25 +135,61 @@ async fn serve(
                 .map_err(|e| format!("HTTP listener: {e}"))
         });
     }
-    let s = server.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("wiremux: shutting down; draining requests in flight");
-            s.shutdown();
-        }
-    });
+    tokio::spawn(signals.watch(server.clone()));
     while let Some(result) = tasks.join_next().await {
         result.map_err(|e| e.to_string())??;
     }
     Ok(())
 }
 
-/// Logs to stderr through tracing; `RUST_LOG` picks the level (default: info).
+/// SIGINT (Ctrl-C) and SIGTERM, registered before the server announces
+/// itself.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// The name of the next signal to arrive.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+
+    /// The first signal starts a graceful shutdown (the listeners stop
+    /// accepting, requests in flight get the drain timeout, and `serve`
+    /// then returns: exit status 0); a second one exits at once, status 1.
+    async fn watch(mut self, server: Server) {
+        let first = self.next().await;
+        tracing::info!(
+            signal = first,
+            drain_secs = server.config().drain_timeout.as_secs_f64(),
+            "shutting down: draining requests in flight; a second signal exits at once"
+        );
+        server.shutdown();
+        let second = self.next().await;
+        eprintln!("wiremux: {second} during the drain; exiting now");
+        std::process::exit(1);
+    }
+}
+
+/// Logs to stderr through tracing; `RUST_LOG` picks the level (default:
+/// info). Colours only when stderr is a terminal.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -355,3 +355,172 @@ fn http_transport_with_send_http() {
     );
     assert!(stderr(&out).contains("put"), "{}", stderr(&out));
 }
+
+/// A `wiremux serve` whose log lines (stderr) the test reads, one by one.
+struct LoggedServe {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    listening: String,
+}
+
+impl LoggedServe {
+    fn start(args: &[&str]) -> LoggedServe {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in stderr.lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut serve = LoggedServe {
+            child,
+            lines,
+            listening: String::new(),
+        };
+        let first = serve.wait_for("wiremux: listening on ");
+        serve.listening = first["wiremux: listening on ".len()..].to_string();
+        serve
+    }
+
+    /// The next stderr line containing `text` (a test failure after 20 s).
+    fn wait_for(&self, text: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("no stderr line with {text:?}"));
+            assert!(!line.contains('\x1b'), "ANSI escape in a log: {line:?}");
+            if line.contains(text) {
+                return line;
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (at most 30 s) for the process to exit.
+    fn wait(&mut self) -> std::process::ExitStatus {
+        for _ in 0..3000 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("serve did not exit");
+    }
+}
+
+impl Drop for LoggedServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connects and starts `sleep ms=MS` as request 1, then an echo as request
+/// 3; returns once the echo is answered, so the sleep is in flight.
+fn sleep_in_flight(addr: &str, ms: &str) -> std::net::TcpStream {
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    let mut out = Vec::new();
+    let len = ms.len() as u8;
+    let arg = format!(r"1 command-argument eoa \x02\x00\x{len:02x}\x00ms{ms}");
+    for line in [
+        "1 command-name have-args sleep",
+        &arg,
+        "3 command-name have-data echo",
+        "3 command-data eos ready",
+    ] {
+        wiremux_proto::human::parse_frame(line)
+            .unwrap()
+            .encode(&mut out);
+    }
+    conn.write_all(&out).unwrap();
+    let first = read_frame(&mut conn).expect("the echo's answer");
+    assert_eq!(
+        wiremux_proto::human::format_frame(&first),
+        "3 bytes-response eos ready"
+    );
+    conn
+}
+
+/// One frame from a blocking stream; `None` at the end of the stream.
+fn read_frame(conn: &mut std::net::TcpStream) -> Option<wiremux_proto::Frame> {
+    let mut header = [0u8; 6];
+    if conn.read_exact(&mut header).is_err() {
+        return None;
+    }
+    let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
+    let mut frame = header.to_vec();
+    frame.resize(6 + len, 0);
+    conn.read_exact(&mut frame[6..]).ok()?;
+    let mut frames = wiremux_proto::decode_all(&frame).unwrap();
+    Some(frames.remove(0))
+}
+
+#[test]
+fn sigterm_drains_requests_in_flight_then_exits_0() {
+    let mut serve = LoggedServe::start(&["--listen", "127.0.0.1:0", "--drain-secs", "20"]);
+    let mut conn = sleep_in_flight(&serve.listening, "300");
+    serve.signal("TERM");
+    let line = serve.wait_for("shutting down");
+    assert!(line.contains("SIGTERM"), "{line}");
+    let answer = read_frame(&mut conn).expect("the sleep's answer");
+    assert_eq!(
+        wiremux_proto::human::format_frame(&answer),
+        "1 bytes-response eos 300"
+    );
+    assert!(
+        read_frame(&mut conn).is_none(),
+        "then the connection closes"
+    );
+    let status = serve.wait();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+#[test]
+fn a_second_signal_exits_at_once_without_waiting_for_the_drain() {
+    let mut serve = LoggedServe::start(&["--listen", "127.0.0.1:0", "--drain-secs", "60"]);
+    let mut conn = sleep_in_flight(&serve.listening, "60000");
+    serve.signal("INT");
+    assert!(serve.wait_for("shutting down").contains("SIGINT"));
+    serve.signal("TERM");
+    serve.wait_for("wiremux: SIGTERM during the drain; exiting now");
+    // Exit status 1, not the 0 of a drain that ran its course (which
+    // would take a minute here), and the sleep is never answered.
+    assert_eq!(serve.wait().code(), Some(1));
+    assert!(read_frame(&mut conn).is_none());
+}
+
+#[test]
+fn serve_announces_each_listener_once_without_colours_in_a_pipe() {
+    let mut serve = LoggedServe::start(&["--listen", "127.0.0.1:0"]);
+    serve.signal("TERM");
+    // Every line up to the end: no ANSI escapes (checked by wait_for) and
+    // no second announcement of the listener.
+    let rest: Vec<String> = serve.lines.iter().collect();
+    assert_eq!(serve.wait().code(), Some(0));
+    assert!(
+        rest.iter().all(|l| !l.contains("listening")),
+        "announced twice: {rest:?}"
+    );
+    assert!(rest.iter().all(|l| !l.contains('\x1b')), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+}
