@@ -30,8 +30,11 @@ pub struct Config {
     /// poll) across the whole server. When reached, connections stop
     /// reading until one finishes. Default 262144.
     pub max_server_executing: usize,
-    /// Connections served at once; further ones wait in the listen queue.
-    /// Default 16384.
+    /// Connections served at once by the whole server, across all its
+    /// listeners (TCP, Unix, HTTP, TLS; [`Server::serve_io`](crate::Server::serve_io)
+    /// connections are not counted); further ones wait in their listener's
+    /// listen queue. Clamped to between 1 and tokio's
+    /// `Semaphore::MAX_PERMITS` (`usize::MAX >> 3`). Default 16384.
     pub max_connections: usize,
     /// Output buffered per connection before the connection stops taking
     /// more output from responses and stops reading. Default 128 KiB.

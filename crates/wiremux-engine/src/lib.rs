@@ -30,6 +30,7 @@ mod config;
 mod connection;
 pub mod demo;
 mod handler;
+mod listener;
 mod server;
 mod stats;
 
@@ -39,6 +40,7 @@ pub use handler::{
     Body, CommandError, Handler, HandlerFuture, Permission, Refusal, Registry, Request, Response,
     ServiceHandler, Started, SyncHandler, TaggedBody,
 };
-pub use server::{is_transient_accept_error, Server, ServerBuilder};
+pub use listener::{is_transient_accept_error, Listener};
+pub use server::{Server, ServerBuilder};
 pub use stats::{CommandStatsSnapshot, StatsSnapshot, LATENCY_BUCKETS, UNKNOWN_COMMAND};
 pub use wiremux_proto as proto;

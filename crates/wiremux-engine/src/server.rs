@@ -1,5 +1,5 @@
-//! The server: a registry of commands, the settings, and the loops that
-//! accept connections and hand each to its own [`Connection`] task.
+//! The server: a registry of commands, the settings, and what its
+//! connections share. The accept loop is in [`crate::listener`].
 
 use crate::config::Config;
 use crate::connection::Connection;
@@ -11,9 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 /// What every connection of a server shares. Read-only but for the
 /// counters and the server-wide slots.
@@ -24,6 +22,9 @@ pub(crate) struct Shared {
     /// Server-wide slots for handlers running in the background.
     pub(crate) executing: Arc<Semaphore>,
     pub(crate) shutdown: CancellationToken,
+    /// Server-wide connection slots, one per connection open on any
+    /// listener ([`Config::max_connections`], clamped).
+    pub(crate) connection_slots: Arc<Semaphore>,
 }
 
 /// Builds a [`Server`].
@@ -110,6 +111,9 @@ impl ServerBuilder {
             self.config.max_server_executing.min(Semaphore::MAX_PERMITS),
         ));
         let stats = Stats::for_commands(self.registry.names());
+        let connection_slots = Arc::new(Semaphore::new(
+            self.config.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+        ));
         Server {
             shared: Arc::new(Shared {
                 registry: self.registry,
@@ -117,6 +121,7 @@ impl ServerBuilder {
                 stats,
                 executing,
                 shutdown: CancellationToken::new(),
+                connection_slots,
             }),
         }
     }
@@ -216,117 +221,20 @@ impl Server {
         result
     }
 
-    /// Accepts TCP connections until shutdown, then drains them.
+    /// Accepts TCP connections until shutdown, then drains them: the
+    /// same as [`Server::serve`].
     pub async fn serve_tcp(&self, listener: TcpListener) -> io::Result<()> {
-        self.accept_loop(|| async {
-            let (stream, peer) = listener.accept().await?;
-            let _ = stream.set_nodelay(true);
-            Ok((stream, peer.to_string()))
-        })
-        .await
+        self.serve(listener).await
     }
 
-    /// Accepts Unix-socket connections until shutdown, then drains them.
+    /// Accepts Unix-socket connections until shutdown, then drains them:
+    /// the same as [`Server::serve`].
     pub async fn serve_unix(&self, listener: UnixListener) -> io::Result<()> {
-        self.accept_loop(|| async {
-            let (stream, _) = listener.accept().await?;
-            Ok((stream, "unix".to_string()))
-        })
-        .await
+        self.serve(listener).await
     }
 
-    async fn accept_loop<IO, F, Fut>(&self, mut accept: F) -> io::Result<()>
-    where
-        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = io::Result<(IO, String)>>,
-    {
-        let slots = Arc::new(Semaphore::new(self.shared.config.max_connections));
-        let mut connections = JoinSet::new();
-        loop {
-            // Wait for a connection slot before accepting: when full, new
-            // peers wait in the listen queue.
-            let slot = tokio::select! {
-                slot = slots.clone().acquire_owned() => slot.expect("never closed"),
-                _ = self.shared.shutdown.cancelled() => break,
-            };
-            let accepted = tokio::select! {
-                accepted = accept() => accepted,
-                _ = self.shared.shutdown.cancelled() => break,
-                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            };
-            let (io, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(err) if is_transient_accept_error(&err) => {
-                    tracing::warn!(%err, "accept failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-                Err(err) => return Err(err),
-            };
-            let server = self.clone();
-            let span = tracing::debug_span!("connection", %peer);
-            connections.spawn(
-                async move {
-                    if let Err(err) = server.serve_io(io).await {
-                        tracing::debug!(%err, "connection ended with an error");
-                    }
-                    drop(slot);
-                }
-                .instrument(span),
-            );
-            // Reap finished connections so the set does not grow.
-            while connections.try_join_next().is_some() {}
-        }
-        // Shutdown: connections drain on their own within the drain
-        // timeout; give them a little longer, then stop what is left.
-        let grace = self.shared.config.drain_timeout + Duration::from_secs(1);
-        let drained = tokio::time::timeout(grace, async {
-            while connections.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            connections.abort_all();
-        }
-        Ok(())
-    }
-}
-
-/// Whether an error from `accept` concerns one peer or a passing shortage
-/// of file descriptors rather than the listener: an accept loop should
-/// retry after such an error, and stop after any other.
-pub fn is_transient_accept_error(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
-    ) || err.raw_os_error() == Some(24) // EMFILE: too many open files
-        || err.raw_os_error() == Some(23) // ENFILE
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_transient_accept_error;
-    use std::io;
-
-    #[test]
-    fn accept_errors_of_one_peer_or_of_descriptors_are_transient() {
-        for kind in [
-            io::ErrorKind::ConnectionAborted,
-            io::ErrorKind::ConnectionReset,
-            io::ErrorKind::Interrupted,
-        ] {
-            assert!(
-                is_transient_accept_error(&io::Error::from(kind)),
-                "{kind:?}"
-            );
-        }
-        // EMFILE and ENFILE: out of file descriptors, for now.
-        assert!(is_transient_accept_error(&io::Error::from_raw_os_error(24)));
-        assert!(is_transient_accept_error(&io::Error::from_raw_os_error(23)));
-        // A broken listener (EBADF, EINVAL) is not retried.
-        assert!(!is_transient_accept_error(&io::Error::from_raw_os_error(9)));
-        assert!(!is_transient_accept_error(&io::Error::from_raw_os_error(
-            22
-        )));
+    /// The server-wide connection slots, shared by every accept loop.
+    pub(crate) fn connection_slots(&self) -> &Arc<Semaphore> {
+        &self.shared.connection_slots
     }
 }
