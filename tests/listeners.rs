@@ -78,7 +78,7 @@ async fn max_connections_holds_for_the_server_across_tcp_and_unix_listeners() {
     let unix_b = Client::connect_unix(&path).await.unwrap();
     assert_eq!(within("a", echo(&tcp_a, "a")).await.unwrap(), "a");
     assert_eq!(within("b", echo(&unix_b, "b")).await.unwrap(), "b");
-    // The server is full: one more of each kind waits, unaccepted.
+    // The server is full: one more of each kind waits, unserved.
     let tcp_c = Client::connect(addr).await.unwrap();
     let unix_d = Client::connect_unix(&path).await.unwrap();
     let c = echo(&tcp_c, "c");
@@ -91,6 +91,12 @@ async fn max_connections_holds_for_the_server_across_tcp_and_unix_listeners() {
     drop(tcp_a);
     wait_stats(&server, "a third connection", |s| {
         s.connections_accepted == 3
+    })
+    .await;
+    within("one waiting call answered", async {
+        while !c.is_finished() && !d.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     })
     .await;
     settle().await;
@@ -164,5 +170,28 @@ async fn http_connections_count_against_the_same_limit() {
     drop(client);
     let frames = within("the HTTP answer", post).await.unwrap();
     assert_eq!(&frames[0].payload[..], b"over http");
+    server.shutdown();
+}
+
+#[tokio::test]
+async fn an_idle_listener_holds_no_slot_that_another_listener_needs() {
+    let dir = TempDir::new("idle");
+    let server = server(1);
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tokio::spawn({
+        let server = server.clone();
+        async move { server.serve(tcp).await }
+    });
+    // The TCP loop is up and waiting for a peer that never comes...
+    settle().await;
+    let path = dir.0.join("s.sock");
+    let unix = tokio::net::UnixListener::bind(&path).unwrap();
+    tokio::spawn({
+        let server = server.clone();
+        async move { server.serve(unix).await }
+    });
+    // ...and the one slot is still there for the Unix peer.
+    let client = Client::connect_unix(&path).await.unwrap();
+    assert_eq!(within("unix", echo(&client, "unix")).await.unwrap(), "unix");
     server.shutdown();
 }

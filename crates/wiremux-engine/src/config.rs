@@ -32,8 +32,9 @@ pub struct Config {
     pub max_server_executing: usize,
     /// Connections served at once by the whole server, across all its
     /// listeners (TCP, Unix, HTTP, TLS; [`Server::serve_io`](crate::Server::serve_io)
-    /// connections are not counted); further ones wait in their listener's
-    /// listen queue. Clamped to between 1 and tokio's
+    /// connections are not counted); while all are taken, each listener
+    /// holds one accepted connection unserved and further ones wait in
+    /// its listen queue. Clamped to between 1 and tokio's
     /// `Semaphore::MAX_PERMITS` (`usize::MAX >> 3`). Default 16384.
     pub max_connections: usize,
     /// Output buffered per connection before the connection stops taking

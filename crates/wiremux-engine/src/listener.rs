@@ -1,11 +1,12 @@
 //! Listeners and the one accept loop that every transport of a server
 //! shares: TCP, Unix sockets, the HTTP API, TLS on any of them.
 //!
-//! The loop takes a slot from the server-wide connection limit
+//! Each connection takes a slot from the server-wide connection limit
 //! ([`Config::max_connections`](crate::Config::max_connections)) before
-//! each accept, so the limit holds for the server as a whole however many
-//! listeners it has: when all slots are taken, new peers wait in the
-//! kernel's listen queue of whichever listener they came to.
+//! it is served, so the limit holds for the server as a whole however
+//! many listeners it has. When all slots are taken, each listener holds
+//! at most one accepted connection (unserved, unread) until a slot frees,
+//! and further peers wait in the kernel's listen queue.
 
 use crate::server::Server;
 use std::future::Future;
@@ -137,12 +138,6 @@ impl Server {
         tokio::pin!(shutdown);
         let mut connections = JoinSet::new();
         loop {
-            // A slot first, then accept: when the server is full, new
-            // peers wait in the listen queue.
-            let slot = tokio::select! {
-                slot = slots.clone().acquire_owned() => slot.expect("never closed"),
-                () = &mut shutdown => break,
-            };
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = &mut shutdown => break,
@@ -152,11 +147,25 @@ impl Server {
                 Ok(accepted) => accepted,
                 Err(err) if is_transient_accept_error(&err) => {
                     tracing::warn!(%err, "accept failed; retrying");
-                    drop(slot);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
                 Err(err) => return Err(err),
+            };
+            // Accept, then wait for a slot: a loop never holds a slot for
+            // a peer that has not come (which would starve the server's
+            // other listeners). While the server is full, this connection
+            // waits unserved and the loop accepts no more: later peers
+            // wait in the listen queue.
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    tracing::debug!(%peer, "connection limit reached; waiting for a slot");
+                    tokio::select! {
+                        slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+                        () = &mut shutdown => break,
+                    }
+                }
             };
             let span = tracing::debug_span!("connection", %peer);
             let task = serve(io, peer);
