@@ -83,6 +83,15 @@ impl Mix {
         Ok(Mix { entries, wheel })
     }
 
+    /// The longest `chain(len=K)` of the mix (0 without chains).
+    pub fn max_chain_len(&self) -> usize {
+        self.entries
+            .iter()
+            .filter_map(super::requests::chain_len)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The entries.
     pub fn entries(&self) -> &[Entry] {
         &self.entries
@@ -163,6 +172,18 @@ fn parse_entry(part: &str) -> Result<Entry, String> {
     if name.is_empty() || name.contains(char::is_whitespace) {
         return Err(format!("mix: `{part}`: `{name}` is not a command name"));
     }
+    if name == "chain" {
+        let len = args
+            .iter()
+            .find(|(k, _)| k == "len")
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+            .filter(|n| (1..=1024).contains(n));
+        if len.is_none() || args.len() != 1 {
+            return Err(format!(
+                "mix: `{part}`: a chain takes one argument, len, from 1 to 1024: `chain(len=8)`"
+            ));
+        }
+    }
     Ok(Entry {
         name: name.to_string(),
         args,
@@ -236,6 +257,14 @@ mod tests {
                 "mix: `sleep(=5):2`: argument `=5` has no name",
             ),
             (":5", "mix: `:5`: `` is not a command name"),
+            (
+                "chain(len=0)",
+                "mix: `chain(len=0)`: a chain takes one argument, len, from 1 to 1024: `chain(len=8)`",
+            ),
+            (
+                "chain",
+                "mix: `chain`: a chain takes one argument, len, from 1 to 1024: `chain(len=8)`",
+            ),
             (
                 "sleep(ms=1)x:2",
                 "mix: `sleep(ms=1)x:2`: arguments must end with `)`",

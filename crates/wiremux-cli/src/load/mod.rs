@@ -7,18 +7,22 @@
 //! runs the same workload against the server as it is and with responses
 //! forced into request order, and shows both with the ratios.
 
+mod conn;
+mod histo;
+mod merge;
 mod mix;
 mod plot;
 mod report;
+mod requests;
 mod run;
 
 use crate::CliResult;
 use indicatif::{ProgressBar, ProgressStyle};
 use mix::Mix;
-use report::Context;
+use report::{Context, Summary};
 use run::{Live, Outcome, Plan, Target};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,15 +55,23 @@ pub struct Args {
     #[arg(long, value_name = "TIME", default_value = "1s", value_parser = parse_duration)]
     warmup: Duration,
     /// Open loop: this many requests per second over all connections, on a
-    /// fixed schedule; latency counts from each request's scheduled time.
+    /// fixed schedule (`20000`, `20k`, `1.5M`); latency counts from each
+    /// request's scheduled time.
     #[arg(long, value_name = "R")]
-    rate: Option<f64>,
+    rate: Option<String>,
     /// The workload: `name(arg=value,...):weight`, comma separated.
     #[arg(long, value_name = "SPEC", default_value = "echo:90,sleep(ms=5):10")]
     mix: String,
     /// Bytes of data sent with each echo.
     #[arg(long, value_name = "BYTES", default_value_t = 32)]
     payload: usize,
+    /// Generator threads (default: 1 with the embedded server, else one
+    /// per core); connections are spread over them.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    threads: Option<u64>,
+    /// The generator's name in the JSON document (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
     /// Print one JSON document instead of the text report.
     #[arg(long)]
     json: bool,
@@ -70,6 +82,10 @@ pub struct Args {
     /// and compare.
     #[arg(long, conflicts_with_all = ["connect", "unix"])]
     compare_in_order: bool,
+    /// Do not load anything: merge the `--json` documents of generators
+    /// that ran at the same time into one report.
+    #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with_all = ["connect", "unix", "compare_in_order", "rate", "requests", "duration"])]
+    merge: Vec<PathBuf>,
 }
 
 /// Parses `10s`, `500ms`, `2m`, `1.5s` or a plain number of seconds.
@@ -83,6 +99,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("`{text}` is not a duration like 10s, 500ms or 2m"))?;
     let seconds = match unit {
+        "us" | "µs" => value / 1e6,
         "ms" => value / 1000.0,
         "s" => value,
         "m" => value * 60.0,
@@ -92,16 +109,101 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("`{text}` is not a duration of zero or more"))
 }
 
+/// Parses a rate: `20000`, `20k`, `1.5M`.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let t = text.trim();
+    let (number, scale) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 1e3),
+        Some('M') => (&t[..t.len() - 1], 1e6),
+        _ => (t, 1.0),
+    };
+    number
+        .parse::<f64>()
+        .ok()
+        .map(|v| v * scale)
+        .filter(|r| *r > 0.0 && r.is_finite())
+        .ok_or_else(|| "--rate must be a number of requests per second above 0".to_string())
+}
+
+/// The plot file of `--report`, checked and created before the run.
+struct ReportFile {
+    path: PathBuf,
+    html: bool,
+}
+
+impl ReportFile {
+    fn prepare(path: &Path) -> Result<ReportFile, String> {
+        let html = match path.extension().and_then(|e| e.to_str()) {
+            Some("svg") => false,
+            Some("html" | "htm") => true,
+            _ => {
+                return Err(format!(
+                    "--report {}: the file name must end in .svg or .html",
+                    path.display()
+                ))
+            }
+        };
+        std::fs::File::create(path)
+            .map_err(|e| format!("--report {}: cannot write it: {e}", path.display()))?;
+        Ok(ReportFile {
+            path: path.to_path_buf(),
+            html,
+        })
+    }
+}
+
 pub fn run(args: Args) -> CliResult {
     let mix = Mix::parse(&args.mix)?;
-    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-        return Err("--rate must be a number of requests per second above 0".into());
+    let rate = args.rate.as_deref().map(parse_rate).transpose()?;
+    if args.duration == Some(Duration::ZERO) {
+        return Err("--duration must be longer than 0".into());
     }
     let duration = match (args.duration, args.requests) {
         (None, None) => Some(Duration::from_secs(10)),
         (d, _) => d,
     };
+    let links = mix.max_chain_len().max(1) as u64;
+    if args.inflight * links > 32768 {
+        return Err(format!(
+            "--inflight {} with chains of {links} links needs more than the 32768 request IDs of a connection",
+            args.inflight
+        ));
+    }
+    let report = args
+        .report
+        .as_deref()
+        .map(ReportFile::prepare)
+        .transpose()?;
+    if !args.merge.is_empty() {
+        let (ctx, outcome) = merge::merge(&args.merge)?;
+        return finish(&args, report.as_ref(), &ctx, &[("merged", outcome)]);
+    }
+    let result = load(&args, mix, rate, duration, report.as_ref());
+    if result.is_err() {
+        if let Some(r) = &report {
+            if std::fs::metadata(&r.path).is_ok_and(|m| m.len() == 0) {
+                let _ = std::fs::remove_file(&r.path);
+            }
+        }
+    }
+    result
+}
+
+fn load(
+    args: &Args,
+    mix: Mix,
+    rate: Option<f64>,
+    duration: Option<Duration>,
+    report: Option<&ReportFile>,
+) -> CliResult {
     let embedded = args.connect.is_none() && args.unix.is_none();
+    let threads = args.threads.map(|t| t as usize).unwrap_or_else(|| {
+        if embedded {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    });
     let mut plan = Plan {
         target: Target::Tcp(String::new()),
         connections: args.connections as usize,
@@ -109,29 +211,35 @@ pub fn run(args: Args) -> CliResult {
         duration,
         requests: args.requests,
         warmup: args.warmup,
-        rate: args.rate,
+        rate,
         mix,
         payload: args.payload,
+        threads,
+        sequential_chains: false,
     };
     let shape = shape(&plan);
     let workload = format!("mix {}; echo payload {} bytes", plan.mix, plan.payload);
     let commands: Vec<String> = plan.mix.entries().iter().map(mix::Entry::label).collect();
     let show_progress = !args.json && std::io::stdout().is_terminal();
+    let generator = args.name.clone().unwrap_or_else(host_name);
+    let mut ctx = Context {
+        target: embedded_label(),
+        shape,
+        workload,
+        commands,
+        rate,
+        generator,
+    };
 
-    if args.compare_in_order || embedded {
-        let ctx = Context {
-            target: embedded_label(),
-            shape,
-            workload,
-            commands,
-        };
+    if embedded {
         let first = loaded(&mut plan, false, show_progress, "out of order")?;
         if !args.compare_in_order {
-            return finish(&args, &ctx, &[("wiremux", first)]);
+            return finish(args, report, &ctx, &[("wiremux", first)]);
         }
         let second = loaded(&mut plan, true, show_progress, "in order")?;
         return finish(
-            &args,
+            args,
+            report,
             &ctx,
             &[("out of order", first), ("in order", second)],
         );
@@ -142,19 +250,22 @@ pub fn run(args: Args) -> CliResult {
         _ => unreachable!("embedded handled above"),
     };
     plan.target = target;
-    let ctx = Context {
-        target: label,
-        shape,
-        workload,
-        commands,
-    };
-    let runtime = load_runtime()?;
-    let outcome = drive(&runtime, &plan, show_progress, "")?;
-    finish(&args, &ctx, &[("wiremux", outcome)])
+    ctx.target = label;
+    let outcome = drive(&plan, show_progress, "")?;
+    finish(args, report, &ctx, &[("wiremux", outcome)])
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "generator".into())
 }
 
 fn embedded_label() -> String {
-    "embedded server (demo commands; server and load generator on one tokio worker thread each)"
+    "embedded server (demo commands; server on one tokio worker thread, load generator on its own)"
         .into()
 }
 
@@ -177,17 +288,17 @@ fn shape(plan: &Plan) -> String {
     )
 }
 
-fn load_runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))
-}
+/// The name of the embedded server's threads (for their CPU time).
+const SERVER_THREAD: &str = "wiremux-server";
 
 /// Starts the embedded server (in order or not) and runs the plan on it.
 fn loaded(plan: &mut Plan, in_order: bool, progress: bool, label: &str) -> Result<Outcome, String> {
-    let server_rt = load_runtime()?;
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(SERVER_THREAD)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let server = Server::builder()
         .registry(demo::registry())
         .config(Config {
@@ -203,20 +314,20 @@ fn loaded(plan: &mut Plan, in_order: bool, progress: bool, label: &str) -> Resul
     let s = server.clone();
     server_rt.spawn(async move { s.serve_tcp(listener).await });
     plan.target = Target::Tcp(addr.to_string());
-    let runtime = load_runtime()?;
-    let outcome = drive(&runtime, plan, progress, label);
+    let before = run::threads_cpu(SERVER_THREAD);
+    let outcome = drive(plan, progress, label).map(|mut o| {
+        o.server_cpu_seconds = run::threads_cpu(SERVER_THREAD)
+            .zip(before)
+            .map(|(a, b)| a - b);
+        o
+    });
     server.shutdown();
     server_rt.shutdown_timeout(Duration::from_secs(2));
     outcome
 }
 
 /// Runs the plan with a progress bar (when stdout is a terminal).
-fn drive(
-    runtime: &tokio::runtime::Runtime,
-    plan: &Plan,
-    progress: bool,
-    label: &str,
-) -> Result<Outcome, String> {
+fn drive(plan: &Plan, progress: bool, label: &str) -> Result<Outcome, String> {
     let live = Arc::new(Live::default());
     let bar = progress.then(|| {
         let total = plan.warmup + plan.duration.unwrap_or(Duration::ZERO);
@@ -254,7 +365,7 @@ fn drive(
             }
         })
     });
-    let result = runtime.block_on(run::run(plan, live.clone()));
+    let result = run::run(plan, live.clone());
     live.stop.store(true, Relaxed);
     if let Some(t) = ticker {
         let _ = t.join();
@@ -266,8 +377,13 @@ fn drive(
 }
 
 /// Prints the report(s), writes the plot, and turns failures into the exit code.
-fn finish(args: &Args, ctx: &Context, runs: &[(&str, Outcome)]) -> CliResult {
-    if let Some(path) = &args.report {
+fn finish(
+    args: &Args,
+    report: Option<&ReportFile>,
+    ctx: &Context,
+    runs: &[(&str, Outcome)],
+) -> CliResult {
+    if let Some(file) = report {
         let colours = ["#1f77b4", "#d62728"];
         let series: Vec<plot::Series<'_>> = runs
             .iter()
@@ -279,36 +395,36 @@ fn finish(args: &Args, ctx: &Context, runs: &[(&str, Outcome)]) -> CliResult {
             })
             .collect();
         let title = format!("wiremux load: {}", ctx.workload);
-        let doc = match path.extension().and_then(|e| e.to_str()) {
-            Some("svg") => plot::svg(&title, &series),
-            Some("html" | "htm") => plot::html(&title, &series),
-            _ => {
-                return Err(format!(
-                    "--report {}: the file name must end in .svg or .html",
-                    path.display()
-                ))
-            }
+        let doc = if file.html {
+            plot::html(&title, &series)
+        } else {
+            plot::svg(&title, &series)
         };
-        std::fs::write(path, doc).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        std::fs::write(&file.path, doc)
+            .map_err(|e| format!("cannot write {}: {e}", file.path.display()))?;
     }
     let text = match (runs, args.json) {
         ([(_, one)], false) => report::text(ctx, one),
         ([(_, one)], true) => report::json(ctx, one).to_string() + "\n",
-        ([(_, a), (_, b)], false) => report::compare_text(ctx, a, b),
-        ([(_, a), (_, b)], true) => report::compare_json(ctx, a, b).to_string() + "\n",
+        ([(_, a), (_, b)], false) => report::compare_text(
+            "wiremux load --compare-in-order",
+            ["out of order", "in order"],
+            ctx,
+            a,
+            b,
+        ),
+        ([(_, a), (_, b)], true) => {
+            report::compare_json(["out_of_order", "in_order"], ctx, a, b).to_string() + "\n"
+        }
         _ => unreachable!("one or two runs"),
     };
     print!("{text}");
+    if let Some(file) = report {
+        eprintln!("wiremux: wrote the plots to {}", file.path.display());
+    }
     let mut problems = Vec::new();
     for (label, outcome) in runs {
-        let summary = report::Summary::of(outcome);
-        let problem = if let Some(fatal) = &summary.fatal {
-            fatal.clone()
-        } else if !summary.clean() {
-            "some responses were wrong, duplicated or lost".to_string()
-        } else if summary.ok == 0 {
-            "no response was measured (is the run shorter than the warm-up?)".to_string()
-        } else {
+        let Some(problem) = Summary::of(outcome).problem() else {
             continue;
         };
         problems.push(if runs.len() > 1 {
@@ -326,7 +442,7 @@ fn finish(args: &Args, ctx: &Context, runs: &[(&str, Outcome)]) -> CliResult {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{parse_duration, parse_rate};
     use std::time::Duration;
 
     #[test]
@@ -347,5 +463,14 @@ mod tests {
             parse_duration("-1s"),
             Err("`-1s` is not a duration of zero or more".into())
         );
+    }
+
+    #[test]
+    fn rates_take_k_and_m() {
+        assert_eq!(parse_rate("20000"), Ok(20000.0));
+        assert_eq!(parse_rate("20k"), Ok(20000.0));
+        assert_eq!(parse_rate("1.5M"), Ok(1_500_000.0));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
     }
 }

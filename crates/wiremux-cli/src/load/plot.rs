@@ -7,6 +7,9 @@ use std::fmt::Write;
 const WIDTH: f64 = 760.0;
 const PANEL: f64 = 300.0;
 const MARGIN: f64 = 60.0;
+/// Room right of the panels: the last percentile tick (`99.99%`) is
+/// centred on the edge and must not be cut off.
+const RIGHT: f64 = 40.0;
 /// Space above each panel for its title and legend.
 const HEADROOM: f64 = 70.0;
 
@@ -54,7 +57,7 @@ fn escape(text: &str) -> String {
 
 /// Axis frame with a title and labelled y ticks (microseconds, log scale).
 fn frame(out: &mut String, top: f64, title: &str, x_label: &str, max_us: f64) {
-    let (left, right, bottom) = (MARGIN, WIDTH - 20.0, top + PANEL);
+    let (left, right, bottom) = (MARGIN, WIDTH - RIGHT, top + PANEL);
     let _ = writeln!(
         out,
         r#"<text x="{left}" y="{}" font-size="13">{}</text>"#,
@@ -110,7 +113,7 @@ fn max_latency(series: &[Series<'_>]) -> f64 {
 }
 
 fn legend(out: &mut String, series: &[Series<'_>], top: f64, styles: &[(&str, &str)]) {
-    let mut x = WIDTH - 20.0 - 170.0 * (series.len() * styles.len()) as f64;
+    let mut x = WIDTH - RIGHT - 170.0 * (series.len() * styles.len()) as f64;
     for s in series {
         for (suffix, dash) in styles {
             let _ = writeln!(
@@ -149,7 +152,7 @@ fn over_time(out: &mut String, series: &[Series<'_>], top: f64) {
         .max()
         .unwrap_or(0)
         .max(1);
-    let x_of = |second: f64| MARGIN + (second + 0.5) / seconds as f64 * (WIDTH - 20.0 - MARGIN);
+    let x_of = |second: f64| MARGIN + (second + 0.5) / seconds as f64 * (WIDTH - RIGHT - MARGIN);
     for second in 0..seconds {
         if seconds <= 20 || second % (seconds / 10).max(1) == 0 {
             let _ = writeln!(
@@ -194,7 +197,7 @@ fn distribution(out: &mut String, series: &[Series<'_>], top: f64) {
     let max_us = max_latency(series);
     frame(out, top, "latency distribution", "percentile", max_us);
     let nines_max = 4.0; // up to 99.99 %
-    let x_of = |nines: f64| MARGIN + nines / nines_max * (WIDTH - 20.0 - MARGIN);
+    let x_of = |nines: f64| MARGIN + nines / nines_max * (WIDTH - RIGHT - MARGIN);
     for (label, nines) in [
         ("0%", 0.0),
         ("90%", 1.0),
@@ -253,6 +256,9 @@ mod tests {
         let outcome = Outcome {
             measured: m,
             elapsed: Duration::from_secs(2),
+            started: std::time::SystemTime::now(),
+            busy: Default::default(),
+            server_cpu_seconds: None,
         };
         let doc = svg(
             "a <test>",
@@ -280,5 +286,13 @@ mod tests {
             }],
         );
         assert!(page.starts_with("<!doctype html>") && page.contains("<svg "));
+        // Every label fits in the picture: the last tick, `99.99%`, is
+        // centred at least 25 px (half its width) inside the right edge.
+        let tick = doc
+            .lines()
+            .find(|l| l.contains(">99.99%<"))
+            .expect("the 99.99% tick");
+        let x: f64 = tick.split('"').nth(1).unwrap().parse().unwrap();
+        assert!(x + 25.0 <= WIDTH, "{tick}");
     }
 }
