@@ -29,6 +29,7 @@ pub mod client;
 mod config;
 mod connection;
 pub mod demo;
+mod executor;
 mod handler;
 mod listener;
 mod server;
@@ -36,6 +37,7 @@ mod stats;
 
 pub use client::{Client, Pipeline};
 pub use config::Config;
+pub use executor::Executor;
 pub use handler::{
     Body, CommandError, Handler, HandlerFuture, Permission, Refusal, Registry, Request, Response,
     ServiceHandler, Started, SyncHandler, TaggedBody,

@@ -191,6 +191,16 @@ impl Server {
         }
     }
 
+    /// An executor for one connection or exchange of a transport built
+    /// outside this crate (the HTTP API uses one per request): it starts
+    /// the commands a [`Lifecycle`](wiremux_proto::lifecycle::Lifecycle)
+    /// says to run with `granted` access, through this server's registry,
+    /// server-wide slots and counters, exactly as the server's own
+    /// connections do.
+    pub fn executor(&self, granted: Permission) -> crate::Executor {
+        crate::Executor::new(self.shared.clone(), granted)
+    }
+
     /// Starts a graceful shutdown: listeners stop accepting, connections
     /// stop taking new requests, requests in flight get
     /// [`Config::drain_timeout`] to finish, then everything closes.

@@ -1,11 +1,12 @@
 //! From a whole request body to the commands it holds, and the checks made
 //! before any of them runs.
 //!
-//! The body is decoded and fed to a [`ServerReactor`] that defers output
-//! (PROTOCOL.md §4): by the time a command runs, the input has ended, so
-//! the reactor hands every response straight back for sending. A body the
-//! reactor or the codec finds fault with runs nothing: the HTTP request is
-//! refused as a whole with the reactor's message.
+//! The body is decoded and fed to a [`ServerReactor`] first, only to find
+//! its commands and check them: a body the reactor or the codec finds fault
+//! with runs nothing (the HTTP request is refused as a whole with the
+//! reactor's message), and a command the URL does not allow stops the whole
+//! body. Only then does the body go through the request lifecycle that
+//! runs it (`responses.rs`).
 
 use bytes::BytesMut;
 use std::fmt::Write;
@@ -14,11 +15,9 @@ use wiremux_proto::server::{Action, ServerReactor};
 use wiremux_proto::FrameCodec;
 use wiremux_proto::Request as Command;
 
-/// The commands of a well-formed body, and the reactor that assembled
-/// them (its input has ended).
+/// The commands of a well-formed body.
 #[derive(Debug)]
 pub(crate) struct Assembled {
-    pub(crate) reactor: ServerReactor,
     pub(crate) commands: Vec<Command>,
 }
 
@@ -52,7 +51,7 @@ pub(crate) fn assemble(mut body: BytesMut, config: &Config) -> Result<Assembled,
             Err(messages.join("; "))
         }
         Action::Error(err) => Err(err.message()),
-        _ => Ok(Assembled { reactor, commands }),
+        _ => Ok(Assembled { commands }),
     }
 }
 

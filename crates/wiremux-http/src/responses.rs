@@ -1,161 +1,56 @@
-//! The response body of a command URL: runs the commands at once and
-//! yields their frames in completion order.
+//! The response body of a command URL: the body's commands run through the
+//! same request lifecycle and executor as on a connection, and their frames
+//! stream out in completion order.
 //!
-//! Every command is started (through [`Registry::start`], the one path to a
-//! handler) when the body is made. One that answers at once (a
-//! `SyncHandler`) has its frames ready before the first read; the others
-//! run as their own tasks on the runtime, concurrently, whether or not the
-//! client reads yet. A handler that panics while starting, or later in its
-//! task, answers its own request with an application error. The body owns
-//! the reactor: each outcome goes through it, which builds the frames
-//! (split at the server's maximum payload) and frees the request ID.
-//! A streamed response is sent chunk by chunk as the client reads; its
-//! last chunk is held back until the stream ends, so that the final frame
-//! carries `eos`. Dropping the body (the client went away) aborts every
-//! handler still running.
-//!
-//! [`Registry::start`]: wiremux_engine::Registry::start
+//! The body has been read whole and checked (every command's permission
+//! first, PROTOCOL.md §7) before this starts. Its frames are fed to a
+//! [`Lifecycle`], input ended, and then each poll of the body lets the
+//! server's [`Executor`] start what the lifecycle says (with a server-wide
+//! slot, the panic guard, deadlines, the counters: as on TCP), and yields
+//! whatever the lifecycle has framed. Dependencies, kept results,
+//! cancellation and deadlines of PROTOCOL.md §8 work in one POST as they do
+//! on a connection. Dropping the body (the client went away) stops every
+//! command still running.
 
 use bytes::{Bytes, BytesMut};
-use futures::stream::{FuturesUnordered, StreamFuture};
-use futures::{Stream, StreamExt};
-use std::collections::HashMap;
+use futures::Stream;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::task::{Id, JoinSet};
-use tracing::Instrument;
-use wiremux_engine::{Body, CommandError, Permission, Response, Server, Started};
-use wiremux_proto::builder::encode_bytes_response;
-use wiremux_proto::server::{Action, ServerReactor};
-use wiremux_proto::Request as Command;
+use wiremux_engine::{Executor, Permission, Server};
+use wiremux_proto::lifecycle::Lifecycle;
+use wiremux_proto::FrameCodec;
 
-type Outcome = Result<Response, CommandError>;
-type Tagged = wiremux_engine::TaggedBody;
+/// How many framed bytes one chunk of the HTTP body carries at most.
+const CHUNK: usize = 64 << 10;
 
 /// The frames of every command's response, as encoded bytes, in the order
 /// the responses complete.
 pub(crate) struct Responses {
-    reactor: ServerReactor,
-    max_payload: usize,
-    /// Handlers running, and which request each task serves.
-    tasks: JoinSet<(u16, Outcome)>,
-    task_ids: HashMap<Id, u16>,
-    /// Streamed responses whose next chunk is awaited.
-    streams: FuturesUnordered<StreamFuture<Tagged>>,
-    /// The latest chunk of each stream, sent when the next one arrives (as
-    /// `continuation`) or when the stream ends (with `eos`).
-    held: HashMap<u16, Bytes>,
-    /// Frames ready before anything ran (commands that could not start).
-    ready: BytesMut,
+    lifecycle: Lifecycle,
+    executor: Executor,
 }
 
 impl Responses {
-    /// Starts every command. The reactor must have seen the end of input.
-    pub(crate) fn start(
-        server: &Server,
-        reactor: ServerReactor,
-        commands: Vec<Command>,
-        granted: Permission,
-    ) -> Responses {
-        let mut responses = Responses {
-            max_payload: server.config().max_send_payload,
-            reactor,
-            tasks: JoinSet::new(),
-            task_ids: HashMap::new(),
-            streams: FuturesUnordered::new(),
-            held: HashMap::new(),
-            ready: BytesMut::new(),
-        };
-        let deadline = server.config().request_deadline;
-        for command in commands {
-            let id = command.request_id;
-            let request = command;
-            // A panic while the handler starts comes back as its outcome.
-            let handler = match server.registry().start(request, granted) {
-                Ok(Started::Pending(handler)) => handler,
-                Ok(Started::Ready(outcome)) => {
-                    let mut out = std::mem::take(&mut responses.ready);
-                    responses.on_outcome(id, outcome, &mut out);
-                    responses.ready = out;
-                    continue;
-                }
-                Err(refusal) => {
-                    let action = responses
-                        .reactor
-                        .on_application_error(id, &refusal.to_string());
-                    encode(action, &mut responses.ready);
-                    continue;
-                }
-            };
-            let task = async move {
-                let outcome = match deadline {
-                    Some(limit) => {
-                        tokio::time::timeout(limit, handler)
-                            .await
-                            .unwrap_or_else(|_| {
-                                Err(CommandError::new(format!(
-                                    "timed out after {} ms",
-                                    limit.as_millis()
-                                )))
-                            })
-                    }
-                    None => handler.await,
-                };
-                (id, outcome)
-            };
-            let span = tracing::debug_span!("http request", id);
-            let handle = responses.tasks.spawn(task.instrument(span));
-            responses.task_ids.insert(handle.id(), id);
+    /// Takes in every frame of `body` (already checked: well formed, every
+    /// command allowed) and ends the input; the commands start as the body
+    /// is polled.
+    pub(crate) fn start(server: &Server, body: Bytes, granted: Permission) -> Responses {
+        let config = server.config();
+        let mut lifecycle_config = config.lifecycle();
+        // The whole request has arrived: no assembly or idle clock here.
+        lifecycle_config.assembly_timeout = None;
+        lifecycle_config.idle_timeout = None;
+        let mut lifecycle = Lifecycle::new(lifecycle_config);
+        let mut codec = FrameCodec::new().max_recv_payload(config.max_recv_payload);
+        let mut input = BytesMut::from(&body[..]);
+        let now = tokio::time::Instant::now().into_std();
+        while let Ok(Some(frame)) = codec.decode_frame_eof(&mut input) {
+            lifecycle.on_frame(frame, now);
         }
-        responses
-    }
-
-    /// A handler's outcome: frames now, or a stream to follow.
-    fn on_outcome(&mut self, id: u16, outcome: Outcome, out: &mut BytesMut) {
-        let action = match outcome {
-            Ok(Response {
-                body: Body::Bytes(data),
-            }) => self.reactor.on_bytes_response(id, data),
-            Ok(Response {
-                body: Body::Stream(inner),
-            }) => {
-                self.streams.push(Tagged { id, inner }.into_future());
-                return;
-            }
-            Err(err) => self.reactor.on_application_error(id, err.message()),
-        };
-        encode(action, out);
-    }
-
-    /// The next item of a streamed response.
-    fn on_chunk(
-        &mut self,
-        item: Option<Result<Bytes, CommandError>>,
-        stream: Tagged,
-        out: &mut BytesMut,
-    ) {
-        let id = stream.id;
-        match item {
-            Some(Ok(chunk)) => {
-                if !chunk.is_empty() {
-                    if let Some(earlier) = self.held.insert(id, chunk) {
-                        encode_bytes_response(id, &earlier, false, self.max_payload, out);
-                    }
-                }
-                self.streams.push(stream.into_future());
-            }
-            Some(Err(err)) => {
-                if let Some(earlier) = self.held.remove(&id) {
-                    encode_bytes_response(id, &earlier, false, self.max_payload, out);
-                }
-                let action = self.reactor.on_application_error(id, err.message());
-                encode(action, out);
-            }
-            None => {
-                let last = self.held.remove(&id).unwrap_or_default();
-                let action = self.reactor.on_bytes_response(id, last);
-                encode(action, out);
-            }
+        lifecycle.on_input_eof(now);
+        Responses {
+            lifecycle,
+            executor: server.executor(granted),
         }
     }
 }
@@ -165,52 +60,27 @@ impl Stream for Responses {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         let this = &mut *self;
-        if !this.ready.is_empty() {
-            return Poll::Ready(Some(this.ready.split().freeze()));
-        }
-        let mut out = BytesMut::new();
-        loop {
-            // Finished handlers first: there are only as many as commands, so
-            // streams cannot starve, and a small whole response is not held
-            // up behind a long stream.
-            let tasks = this.tasks.poll_join_next_with_id(cx);
-            match tasks {
-                Poll::Ready(Some(Ok((task, (id, outcome))))) => {
-                    this.task_ids.remove(&task);
-                    this.on_outcome(id, outcome, &mut out);
-                }
-                Poll::Ready(Some(Err(err))) => {
-                    let id = this.task_ids.remove(&err.id()).unwrap_or_default();
-                    let error = if err.is_panic() {
-                        tracing::warn!(id, "command handler panicked");
-                        CommandError::panicked()
-                    } else {
-                        CommandError::new("command failed: the handler was cancelled")
-                    };
-                    let action = this.reactor.on_application_error(id, error.message());
-                    encode(action, &mut out);
-                }
-                Poll::Ready(None) | Poll::Pending => {
-                    match this.streams.poll_next_unpin(cx) {
-                        Poll::Ready(Some((item, stream))) => this.on_chunk(item, stream, &mut out),
-                        // No stream left, and no handler left either.
-                        Poll::Ready(None) if tasks.is_ready() => return Poll::Ready(None),
-                        Poll::Ready(None) | Poll::Pending => return Poll::Pending,
-                    }
-                }
-            }
+        let result = loop {
+            let now = tokio::time::Instant::now().into_std();
+            let progress = this.executor.drive(&mut this.lifecycle, cx, now, true);
+            let out = this.lifecycle.poll_transmit(CHUNK);
             if !out.is_empty() {
-                return Poll::Ready(Some(out.freeze()));
+                break Poll::Ready(Some(out.split().freeze()));
             }
-        }
+            if this.lifecycle.is_done() {
+                break Poll::Ready(None);
+            }
+            if !progress {
+                break Poll::Pending;
+            }
+        };
+        this.executor.absorb();
+        result
     }
 }
 
-/// Appends the frames of a reactor action.
-fn encode(action: Action, out: &mut BytesMut) {
-    if let Action::SendFrames(frames) = action {
-        for frame in frames {
-            frame.encode(out);
-        }
+impl Drop for Responses {
+    fn drop(&mut self) {
+        self.executor.stop_all(&mut self.lifecycle);
     }
 }

@@ -207,13 +207,14 @@ impl HttpService {
                 return Err(forbidden(url_permission, granted, command));
             }
         }
-        let body = self.read_body(headers, body).await?;
-        let assembled = assemble(body, self.server.config()).map_err(|message| {
-            Refused::new(
-                StatusCode::BAD_REQUEST,
-                format!("malformed request body: {message}"),
-            )
-        })?;
+        let body = self.read_body(headers, body).await?.freeze();
+        let assembled =
+            assemble(BytesMut::from(&body[..]), self.server.config()).map_err(|message| {
+                Refused::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("malformed request body: {message}"),
+                )
+            })?;
         match target {
             Target::Command(command) => check_single(command, &assembled.commands)
                 .map_err(|message| Refused::new(StatusCode::BAD_REQUEST, message))?,
@@ -224,8 +225,7 @@ impl HttpService {
             commands = ?assembled.commands.iter().map(name).collect::<Vec<_>>(),
             "http: running"
         );
-        let responses =
-            Responses::start(&self.server, assembled.reactor, assembled.commands, granted);
+        let responses = Responses::start(&self.server, body, granted);
         let body = StreamBody::new(
             responses.map(|chunk| Ok::<_, Infallible>(hyper::body::Frame::data(chunk))),
         );

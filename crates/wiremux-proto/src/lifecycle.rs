@@ -116,7 +116,9 @@ pub enum Event {
 /// Counts since the last [`Lifecycle::take_counters`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// Requests begun (a command-name frame taken in).
+    /// Frames taken in.
+    pub frames_in: u64,
+    /// Requests taken in: complete, or refused while still arriving.
     pub requests_started: u64,
     /// Requests that ended with a final bytes-response.
     pub requests_completed: u64,
@@ -124,7 +126,8 @@ pub struct Counters {
     pub requests_failed: u64,
     /// Of those, requests stopped by `@cancel`.
     pub requests_cancelled: u64,
-    /// Requests dropped unanswered because the connection ended.
+    /// Requests taken in and dropped unanswered because the connection
+    /// ended (ones whose frames were still arriving are not counted).
     pub requests_abandoned: u64,
     /// Frames framed for sending.
     pub frames_out: u64,
@@ -263,6 +266,7 @@ impl Lifecycle {
         if self.errored {
             return;
         }
+        self.counters.frames_in += 1;
         let id = frame.request_id;
         let is_name = frame.frame_type == FrameType::COMMAND_NAME;
         if is_name {
@@ -330,7 +334,6 @@ impl Lifecycle {
         }
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
-        self.counters.requests_started += 1;
         self.entries.insert(
             id,
             Entry {
@@ -366,6 +369,7 @@ impl Lifecycle {
             self.assembly_since = Some(now);
         }
         self.send.expect(id);
+        self.counters.requests_started += 1;
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
@@ -525,8 +529,15 @@ impl Lifecycle {
 
     /// Request `id` ends with an application error-response.
     fn fail_request(&mut self, id: u16, message: &str) {
-        if let Some(entry) = self.entries.get_mut(&id) {
-            entry.phase = Phase::Ending;
+        match self.entries.get_mut(&id) {
+            Some(entry) => {
+                if matches!(entry.phase, Phase::Receiving) {
+                    // Taken in only now, to be refused.
+                    self.counters.requests_started += 1;
+                }
+                entry.phase = Phase::Ending;
+            }
+            None => self.counters.requests_started += 1,
         }
         self.send.push_error(id, message);
     }
@@ -604,10 +615,15 @@ impl Lifecycle {
     /// Whether `token`'s stream should be polled for another chunk (less
     /// than a frame of it waits to be framed).
     pub fn wants_chunk(&self, token: Token) -> bool {
+        self.is_streaming(token) && self.send.wants_chunk(token.id)
+    }
+
+    /// Whether `token`'s stream is still being answered (not ended,
+    /// cancelled or timed out).
+    pub fn is_streaming(&self, token: Token) -> bool {
         self.entries
             .get(&token.id)
             .is_some_and(|e| e.seq == token.seq && matches!(e.phase, Phase::Answering))
-            && self.send.wants_chunk(token.id)
     }
 
     // ---- output ----
@@ -837,7 +853,11 @@ impl Lifecycle {
     /// unanswered (counted as abandoned). Commands still running must be
     /// stopped by the transport.
     pub fn abandon(&mut self) {
-        self.counters.requests_abandoned += self.entries.len() as u64;
+        self.counters.requests_abandoned += self
+            .entries
+            .values()
+            .filter(|e| !matches!(e.phase, Phase::Receiving))
+            .count() as u64;
         self.entries.clear();
         self.waiters.clear();
         self.deadlines.clear();

@@ -1,0 +1,472 @@
+//! The executor: runs what a connection's [`Lifecycle`] says to run, for
+//! any transport.
+//!
+//! Everything about starting a command lives here, once: the registry
+//! lookup and permission check, the first poll in place (most commands
+//! answer at once, with no task and no channel), the server-wide slot for
+//! a handler that has to wait, the panic guard (at the first poll, in the
+//! task, in a response stream), stopping a handler the lifecycle cancels
+//! (a cancellation or a deadline), the tracing span, and the counters. The
+//! TCP connection driver and the HTTP transport both drive a lifecycle
+//! with [`Executor::drive`]; neither starts a handler itself.
+
+use crate::handler::{caught_panic, Body, HandlerFuture, Permission, Response, Started};
+use crate::server::Shared;
+use crate::stats::LocalStats;
+use bytes::Bytes;
+use futures::stream::{BoxStream, FuturesUnordered, StreamFuture};
+use futures::{FutureExt, Stream, StreamExt};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::task::AbortHandle;
+use tokio::time::Sleep;
+use wiremux_proto::lifecycle::{Event, Lifecycle, Token};
+use wiremux_proto::{CommandError, IdMap, Request};
+
+type Outcome = Result<Response, CommandError>;
+type PermitFuture = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>;
+
+/// A response stream with the run it answers.
+struct TokenStream {
+    token: Token,
+    inner: BoxStream<'static, Result<Bytes, CommandError>>,
+}
+
+impl Stream for TokenStream {
+    type Item = Result<Bytes, CommandError>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.poll_next_unpin(cx)
+    }
+}
+
+/// What the executor knows of a command it started and that has not
+/// finished: for the per-command counters, and to stop it.
+struct Run {
+    token: Token,
+    name: Bytes,
+    started: Instant,
+    /// The task, while the handler runs in the background.
+    task: Option<AbortHandle>,
+    /// The response stream, while it is being answered.
+    stream: Option<futures::stream::AbortHandle>,
+}
+
+/// A handler that was not ready at its first poll and waits for a
+/// server-wide slot.
+struct Waiting {
+    token: Token,
+    fut: HandlerFuture,
+    span: tracing::Span,
+}
+
+/// Starts and stops the commands of one connection (or one HTTP request).
+/// Made by [`Server::executor`](crate::Server::executor).
+pub struct Executor {
+    shared: Arc<Shared>,
+    granted: Permission,
+    runs: IdMap<Run>,
+    done_tx: mpsc::UnboundedSender<(Token, Outcome)>,
+    done_rx: mpsc::UnboundedReceiver<(Token, Outcome)>,
+    waiting: VecDeque<Waiting>,
+    permit: Option<PermitFuture>,
+    streams: FuturesUnordered<StreamFuture<TokenStream>>,
+    parked: Vec<TokenStream>,
+    timer: Option<(Instant, Pin<Box<Sleep>>)>,
+    pub(crate) stats: LocalStats,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("running", &self.runs.len())
+            .field("waiting", &self.waiting.len())
+            .finish()
+    }
+}
+
+impl Executor {
+    pub(crate) fn new(shared: Arc<Shared>, granted: Permission) -> Executor {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Executor {
+            shared,
+            granted,
+            runs: IdMap::default(),
+            done_tx,
+            done_rx,
+            waiting: VecDeque::new(),
+            permit: None,
+            streams: FuturesUnordered::new(),
+            parked: Vec::new(),
+            timer: None,
+            stats: LocalStats::default(),
+        }
+    }
+
+    /// Whether handlers wait for a server-wide slot: a transport should
+    /// take in no more requests until they have one.
+    pub fn is_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// Commands started and not finished.
+    pub fn running(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// One turn of work for `lifecycle` at `now`: start and stop what it
+    /// says, hand it the outcomes of handlers and the chunks of streams
+    /// that are ready, give waiting handlers their slots, and keep its
+    /// timers. Returns whether anything happened; a transport calls it
+    /// until nothing does, framing and writing in between.
+    ///
+    /// `room` says whether the transport's output has room: without it,
+    /// response streams are not polled, so a peer that does not read
+    /// cannot make the server buffer more.
+    pub fn drive(
+        &mut self,
+        lifecycle: &mut Lifecycle,
+        cx: &mut Context<'_>,
+        now: Instant,
+        room: bool,
+    ) -> bool {
+        let mut progress = self.run_events(lifecycle, now);
+        while let Poll::Ready(Some((token, outcome))) = self.done_rx.poll_recv(cx) {
+            progress = true;
+            match self.runs.get_mut(&token.id) {
+                Some(run) if run.token == token => run.task = None,
+                // Stopped already: the result is not wanted.
+                _ => continue,
+            }
+            self.deliver(lifecycle, token, outcome, now);
+        }
+        progress |= self.poll_permit(lifecycle, cx);
+        if room {
+            progress |= self.poll_streams(lifecycle, cx, now);
+        }
+        progress |= self.poll_timer(lifecycle, cx, now);
+        self.fold(lifecycle);
+        progress
+    }
+
+    /// Starts and stops what the lifecycle says, at once. A transport calls
+    /// this after each frame it feeds in, so that a command complete in
+    /// the middle of a read runs (and, if ready, answers) before the frames
+    /// after it are taken in. Returns whether there was anything.
+    pub fn run_events(&mut self, lifecycle: &mut Lifecycle, now: Instant) -> bool {
+        let mut any = false;
+        while let Some(event) = lifecycle.poll_event() {
+            any = true;
+            match event {
+                Event::Run(token, request) => self.start(lifecycle, token, request, now),
+                Event::Cancel(token) => self.cancel(token, now),
+            }
+        }
+        any
+    }
+
+    /// Runs a command: permission, first poll here, then a task.
+    fn start(&mut self, lifecycle: &mut Lifecycle, token: Token, request: Request, now: Instant) {
+        let name = request.name.clone();
+        self.stats.request_started(&name);
+        self.runs.insert(
+            token.id,
+            Run {
+                token,
+                name,
+                started: now,
+                task: None,
+                stream: None,
+            },
+        );
+        // The request's span covers its first poll here; a handler that
+        // moves to its own task carries the span there.
+        let span = tracing::debug_span!("request", id = token.id);
+        let entered = span.enter();
+        let mut fut = match self.shared.registry.start(request, self.granted) {
+            Ok(Started::Ready(outcome)) => return self.deliver(lifecycle, token, outcome, now),
+            Ok(Started::Pending(fut)) => fut,
+            Err(refusal) => {
+                let outcome = Err(CommandError::new(refusal.to_string()));
+                return self.deliver(lifecycle, token, outcome, now);
+            }
+        };
+        // A no-op waker: a handler not ready moves to its own task, which
+        // polls it again with a real one.
+        let waker = futures::task::noop_waker();
+        let mut noop = Context::from_waker(&waker);
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut noop))) {
+            Ok(Poll::Ready(outcome)) => self.deliver(lifecycle, token, outcome, now),
+            Err(panic) => self.deliver(lifecycle, token, Err(caught_panic(&*panic)), now),
+            Ok(Poll::Pending) => {
+                drop(entered);
+                match self.shared.executing.clone().try_acquire_owned() {
+                    Ok(permit) if self.waiting.is_empty() => self.spawn(token, fut, permit, span),
+                    _ => self.waiting.push_back(Waiting { token, fut, span }),
+                }
+            }
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        token: Token,
+        fut: HandlerFuture,
+        permit: OwnedSemaphorePermit,
+        span: tracing::Span,
+    ) {
+        let done = self.done_tx.clone();
+        let task = async move {
+            let outcome = AssertUnwindSafe(fut)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| Err(caught_panic(&*panic)));
+            // The slot is held until the handler has really finished.
+            drop(permit);
+            let _ = done.send((token, outcome));
+        };
+        let handle = tokio::spawn(tracing::Instrument::instrument(task, span));
+        if let Some(run) = self.runs.get_mut(&token.id) {
+            run.task = Some(handle.abort_handle());
+        }
+    }
+
+    /// Stops the command run for `token`: its task is aborted (dropping the
+    /// handler; work on the blocking pool finishes on its own and its
+    /// result is discarded), a waiting handler dropped, a stream dropped.
+    fn cancel(&mut self, token: Token, now: Instant) {
+        let Some(run) = self.runs.get(&token.id) else {
+            return;
+        };
+        if run.token != token {
+            return;
+        }
+        let run = self.runs.remove(&token.id).expect("present");
+        if let Some(task) = run.task {
+            task.abort();
+        }
+        if let Some(stream) = run.stream {
+            stream.abort();
+        }
+        self.waiting.retain(|w| w.token != token);
+        self.parked.retain(|s| s.token != token);
+        self.stats
+            .request_ended(&run.name, false, now.saturating_duration_since(run.started));
+    }
+
+    /// A handler's outcome goes to the lifecycle; a stream starts being
+    /// polled.
+    fn deliver(&mut self, lifecycle: &mut Lifecycle, token: Token, outcome: Outcome, now: Instant) {
+        match outcome {
+            Ok(Response {
+                body: Body::Bytes(body),
+            }) => {
+                self.ended(token, true, now);
+                lifecycle.on_body(token, body);
+            }
+            Ok(Response {
+                body: Body::Stream(inner),
+            }) => {
+                lifecycle.on_stream(token);
+                // Polled on the transport's task: a panic in it must end
+                // its response with an error, not the connection.
+                let guarded = AssertUnwindSafe(inner)
+                    .catch_unwind()
+                    .map(|item| item.unwrap_or_else(|panic| Err(caught_panic(&*panic))));
+                // Abortable, so that a cancelled stream is dropped at once
+                // rather than when it next yields.
+                let (inner, abort) = futures::stream::abortable(guarded);
+                if let Some(run) = self.runs.get_mut(&token.id) {
+                    run.stream = Some(abort);
+                }
+                let inner = inner.boxed();
+                self.streams
+                    .push(TokenStream { token, inner }.into_future());
+            }
+            Err(err) => {
+                self.ended(token, false, now);
+                lifecycle.on_error(token, err.message());
+            }
+        }
+    }
+
+    fn ended(&mut self, token: Token, ok: bool, now: Instant) {
+        if let Some(run) = self.runs.remove(&token.id) {
+            let elapsed = now.saturating_duration_since(run.started);
+            self.stats.request_ended(&run.name, ok, elapsed);
+        }
+    }
+
+    /// Gives the handler at the head of the queue its server-wide slot.
+    fn poll_permit(&mut self, lifecycle: &mut Lifecycle, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        while !self.waiting.is_empty() {
+            let permit = self.permit.get_or_insert_with(|| {
+                Box::pin(
+                    self.shared
+                        .executing
+                        .clone()
+                        .acquire_owned()
+                        .map(Result::ok),
+                )
+            });
+            let Poll::Ready(permit) = permit.as_mut().poll(cx) else {
+                break;
+            };
+            self.permit = None;
+            let Some(permit) = permit else {
+                break; // the semaphore is never closed
+            };
+            let waiting = self.waiting.pop_front().expect("not empty");
+            progress = true;
+            if lifecycle.is_failed() {
+                continue;
+            }
+            self.spawn(waiting.token, waiting.fut, permit, waiting.span);
+        }
+        progress
+    }
+
+    /// Chunks of response streams, while the lifecycle wants more of each;
+    /// a stream with a frame's worth queued is parked until it is framed.
+    fn poll_streams(
+        &mut self,
+        lifecycle: &mut Lifecycle,
+        cx: &mut Context<'_>,
+        now: Instant,
+    ) -> bool {
+        let mut progress = false;
+        let mut i = 0;
+        while i < self.parked.len() {
+            let token = self.parked[i].token;
+            if lifecycle.wants_chunk(token) {
+                let stream = self.parked.swap_remove(i);
+                self.streams.push(stream.into_future());
+                progress = true;
+            } else if !lifecycle.is_streaming(token) {
+                self.parked.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        while let Poll::Ready(Some((item, stream))) = self.streams.poll_next_unpin(cx) {
+            progress = true;
+            let token = stream.token;
+            match item {
+                Some(Ok(chunk)) => {
+                    lifecycle.on_chunk(token, chunk);
+                    if lifecycle.wants_chunk(token) {
+                        self.streams.push(stream.into_future());
+                    } else if lifecycle.is_streaming(token) {
+                        self.parked.push(stream);
+                    }
+                }
+                Some(Err(err)) => {
+                    self.ended(token, false, now);
+                    lifecycle.on_stream_end(token, Err(err.message()));
+                }
+                None => {
+                    self.ended(token, true, now);
+                    lifecycle.on_stream_end(token, Ok(()));
+                }
+            }
+        }
+        progress
+    }
+
+    /// Keeps one timer at the lifecycle's next timeout.
+    fn poll_timer(
+        &mut self,
+        lifecycle: &mut Lifecycle,
+        cx: &mut Context<'_>,
+        now: Instant,
+    ) -> bool {
+        let Some(at) = lifecycle.poll_timeout() else {
+            self.timer = None;
+            return false;
+        };
+        if at <= now {
+            self.timer = None;
+            lifecycle.handle_timeout(now);
+            return true;
+        }
+        match &mut self.timer {
+            Some((armed, sleep)) if *armed == at => {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return false;
+                }
+            }
+            Some((armed, sleep)) => {
+                *armed = at;
+                sleep.as_mut().reset(tokio::time::Instant::from_std(at));
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return false;
+                }
+            }
+            None => {
+                let mut sleep =
+                    Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(at)));
+                if sleep.as_mut().poll(cx).is_pending() {
+                    self.timer = Some((at, sleep));
+                    return false;
+                }
+            }
+        }
+        self.timer = None;
+        lifecycle.handle_timeout(at.max(now));
+        true
+    }
+
+    /// Adds the lifecycle's counts to the connection's.
+    fn fold(&mut self, lifecycle: &mut Lifecycle) {
+        let counters = lifecycle.take_counters();
+        let stats = &mut self.stats;
+        stats.frames_in += counters.frames_in;
+        stats.requests_started += counters.requests_started;
+        stats.requests_completed += counters.requests_completed;
+        stats.requests_failed += counters.requests_failed;
+        stats.requests_cancelled += counters.requests_abandoned;
+        stats.frames_out += counters.frames_out;
+        stats.protocol_errors += counters.protocol_errors;
+    }
+
+    /// Stops every command (the connection is closing or gone) and drops
+    /// what the lifecycle still held, counting it as abandoned.
+    pub fn stop_all(&mut self, lifecycle: &mut Lifecycle) {
+        self.abort_all();
+        self.waiting.clear();
+        self.permit = None;
+        self.streams = FuturesUnordered::new();
+        self.parked.clear();
+        self.timer = None;
+        lifecycle.abandon();
+        self.fold(lifecycle);
+    }
+
+    /// Adds this executor's counts to the server's.
+    pub fn absorb(&mut self) {
+        self.shared.stats.absorb(&mut self.stats);
+    }
+}
+
+impl Executor {
+    fn abort_all(&mut self) {
+        for (_, run) in self.runs.drain() {
+            if let Some(task) = run.task {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        self.abort_all();
+        self.shared.stats.absorb(&mut self.stats);
+    }
+}
