@@ -6,8 +6,10 @@ use bytes::BytesMut;
 use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use wiremux_engine::tls::rustls::ClientConfig;
 use wiremux_proto::human::{format_frame, parse_frame};
 use wiremux_proto::{Flags, Frame, FrameCodec, FrameType};
 
@@ -25,6 +27,22 @@ pub struct Args {
     /// http://127.0.0.1:8080/api/exp-http-v2-0001/ro/multirequest).
     #[arg(long, value_name = "URL", conflicts_with_all = ["connect", "unix"])]
     http: Option<String>,
+    /// Speak TLS to the --connect address (trusting --ca, or anything with
+    /// --insecure). Implied by an https:// URL for --http.
+    #[arg(long, conflicts_with = "unix")]
+    tls: bool,
+    /// PEM file of the certificate(s) to trust: the server's CA, or its
+    /// self-signed certificate.
+    #[arg(long, value_name = "PEM", conflicts_with = "unix")]
+    ca: Option<PathBuf>,
+    /// Accept any server certificate (an encrypted connection to a server
+    /// that is NOT authenticated): for test servers only.
+    #[arg(long, conflicts_with_all = ["unix", "ca"])]
+    insecure: bool,
+    /// The name the server's certificate must carry (default: the host
+    /// part of --connect).
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    server_name: Option<String>,
     /// Give up after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     timeout: f64,
@@ -43,7 +61,12 @@ pub fn run(args: Args) -> CliResult {
     runtime.block_on(async {
         let exchange = async {
             if let Some(url) = &args.http {
-                post(url, &frames).await
+                let client = if args.ca.is_some() || args.insecure {
+                    wiremux_http::HttpClient::with_tls(tls_config(&args)?)
+                } else {
+                    wiremux_http::HttpClient::new()
+                };
+                post(&client, url, &frames).await
             } else if let Some(path) = &args.unix {
                 let stream = tokio::net::UnixStream::connect(path)
                     .await
@@ -54,13 +77,47 @@ pub fn run(args: Args) -> CliResult {
                 let stream = tokio::net::TcpStream::connect(addr)
                     .await
                     .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-                exchange(stream, &frames).await
+                if args.tls || args.ca.is_some() || args.insecure {
+                    let name = match &args.server_name {
+                        Some(name) => name.clone(),
+                        None => host_of(addr),
+                    };
+                    let stream =
+                        wiremux_engine::tls::connect_stream(stream, &name, tls_config(&args)?)
+                            .await
+                            .map_err(|e| format!("TLS with {addr}: {e}"))?;
+                    exchange(stream, &frames).await
+                } else {
+                    exchange(stream, &frames).await
+                }
             }
         };
         tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| format!("timed out after {} s waiting for responses", args.timeout))?
     })
+}
+
+/// The TLS client configuration the flags ask for.
+fn tls_config(args: &Args) -> Result<Arc<ClientConfig>, String> {
+    if args.insecure {
+        return Ok(wiremux_engine::tls::insecure_client_config());
+    }
+    let Some(ca) = &args.ca else {
+        return Err(
+            "--tls needs --ca PEM (the certificate to trust) or --insecure (trust any)".into(),
+        );
+    };
+    let pem = std::fs::read(ca).map_err(|e| format!("--ca {}: {e}", ca.display()))?;
+    wiremux_engine::tls::client_config(&pem).map_err(|e| format!("--ca {}: {e}", ca.display()))
+}
+
+/// The host part of `host:port` (without the brackets of `[::1]:port`).
+fn host_of(addr: &str) -> String {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
 }
 
 /// Parses the frames from arguments, or from stdin (blank lines and lines
@@ -103,8 +160,8 @@ fn protocol_error(message: &str) -> String {
 /// syntax as they arrive, or a text body (debugreflect). A status other
 /// than 200 is an error carrying the server's text, and so is a protocol
 /// error among the frames (printed first, like every frame).
-async fn post(url: &str, frames: &[Frame]) -> CliResult {
-    let mut response = wiremux_http::HttpClient::new()
+async fn post(client: &wiremux_http::HttpClient, url: &str, frames: &[Frame]) -> CliResult {
+    let mut response = client
         .post_frames(url, frames)
         .await
         .map_err(|e| e.to_string())?;

@@ -25,8 +25,15 @@ pub struct Args {
     /// Turn on the HTTP API's debugreflect URL (off by default).
     #[arg(long, requires = "http")]
     http_debugreflect: bool,
+    /// PEM file of the certificate chain: turns on TLS for --listen and
+    /// --http (the Unix socket and stdio stay plain).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM file of the private key for --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Serve one connection over stdin/stdout (as an SSH-style transport).
-    #[arg(long, conflicts_with_all = ["listen", "unix", "http"])]
+    #[arg(long, conflicts_with_all = ["listen", "unix", "http", "tls_cert"])]
     stdio: bool,
     /// Refuse write commands (such as `put`) on every connection.
     #[arg(long)]
@@ -70,7 +77,14 @@ pub fn run(args: Args) -> CliResult {
         let options = wiremux_http::HttpOptions::default().debugreflect(args.http_debugreflect);
         (addr, options)
     });
-    runtime.block_on(serve(server, args.listen, args.unix, http, args.stdio))
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            wiremux_engine::tls::TlsAcceptor::from_pem_files(cert, key)
+                .map_err(|e| format!("TLS: {e}"))?,
+        ),
+        _ => None,
+    };
+    runtime.block_on(serve(server, args.listen, args.unix, http, args.stdio, tls))
 }
 
 async fn serve(
@@ -79,6 +93,7 @@ async fn serve(
     unix: Option<PathBuf>,
     http: Option<(String, wiremux_http::HttpOptions)>,
     stdio: bool,
+    tls: Option<wiremux_engine::tls::TlsAcceptor>,
 ) -> CliResult {
     if stdio {
         let io = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
@@ -100,13 +115,25 @@ async fn serve(
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
-        eprintln!("wiremux: listening on {local}");
         let s = server.clone();
-        tasks.spawn(async move {
-            s.serve_tcp(listener)
-                .await
-                .map_err(|e| format!("TCP listener: {e}"))
-        });
+        match tls.clone() {
+            Some(tls) => {
+                eprintln!("wiremux: listening on {local} (TLS)");
+                tasks.spawn(async move {
+                    s.serve_tls(listener, tls)
+                        .await
+                        .map_err(|e| format!("TLS listener: {e}"))
+                });
+            }
+            None => {
+                eprintln!("wiremux: listening on {local}");
+                tasks.spawn(async move {
+                    s.serve_tcp(listener)
+                        .await
+                        .map_err(|e| format!("TCP listener: {e}"))
+                });
+            }
+        }
     }
     if let Some(path) = unix {
         let listener = tokio::net::UnixListener::bind(&path)
@@ -124,15 +151,18 @@ async fn serve(
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         eprintln!(
-            "wiremux: HTTP API on http://{local}{}",
+            "wiremux: HTTP API on {scheme}://{local}{}",
             wiremux_http::API_ROOT
         );
         let s = server.clone();
         tasks.spawn(async move {
-            wiremux_http::serve(listener, s, options)
-                .await
-                .map_err(|e| format!("HTTP listener: {e}"))
+            match tls {
+                Some(tls) => wiremux_http::serve_tls(listener, s, options, tls).await,
+                None => wiremux_http::serve(listener, s, options).await,
+            }
+            .map_err(|e| format!("HTTP listener: {e}"))
         });
     }
     tokio::spawn(signals.watch(server.clone()));

@@ -34,6 +34,7 @@ mod handler;
 mod listener;
 mod server;
 mod stats;
+pub mod tls;
 
 pub use client::{Client, Pipeline};
 pub use config::Config;

@@ -6,9 +6,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE};
 use hyper::{HeaderMap, Method, Request, StatusCode, Uri};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use std::sync::Arc;
+use wiremux_engine::tls::rustls;
 use wiremux_proto::{CodecError, Frame, FrameCodec, MEDIA_TYPE};
 
 /// What can go wrong talking to an HTTP server.
@@ -50,7 +53,7 @@ pub enum HttpError {
 /// ```
 #[derive(Clone, Debug)]
 pub struct HttpClient {
-    inner: Client<HttpConnector, Full<Bytes>>,
+    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl Default for HttpClient {
@@ -60,10 +63,35 @@ impl Default for HttpClient {
 }
 
 impl HttpClient {
-    /// A client with a connection pool.
+    /// A client with a connection pool, for `http://` URLs (an `https://`
+    /// URL fails: no certificate is trusted; see [`HttpClient::with_tls`]).
     pub fn new() -> HttpClient {
+        let roots = wiremux_engine::tls::client_config_with_roots(rustls::RootCertStore::empty())
+            .expect("the ring provider supports the default versions");
+        HttpClient::with_tls(roots)
+    }
+
+    /// A client for `http://` and `https://` URLs, with `config` saying
+    /// which server certificates to trust
+    /// ([`wiremux_engine::tls::client_config`] for your CA,
+    /// [`wiremux_engine::tls::insecure_client_config`] for a self-signed
+    /// test server).
+    ///
+    /// ```no_run
+    /// # fn demo() -> std::io::Result<()> {
+    /// let config = wiremux_engine::tls::client_config(&std::fs::read("ca.pem")?)?;
+    /// let client = wiremux_http::HttpClient::with_tls(config);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_tls(config: Arc<rustls::ClientConfig>) -> HttpClient {
+        let config = (*config).clone();
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http()
+            .enable_http1()
+            .build();
         HttpClient {
-            inner: Client::builder(TokioExecutor::new()).build_http(),
+            inner: Client::builder(TokioExecutor::new()).build(connector),
         }
     }
 

@@ -54,6 +54,6 @@ mod service;
 pub use client::{HttpClient, HttpError, HttpResponse};
 pub use options::HttpOptions;
 pub use route::API_ROOT;
-pub use serve::{serve, serve_on};
+pub use serve::{serve, serve_on, serve_tls};
 pub use service::{HttpBody, HttpService};
 pub use wiremux_proto::MEDIA_TYPE;

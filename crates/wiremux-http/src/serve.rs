@@ -11,6 +11,7 @@ use std::io;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use wiremux_engine::tls::TlsAcceptor;
 use wiremux_engine::{Listener, Server};
 
 /// Serves the HTTP API of `server` on `listener` until
@@ -55,6 +56,43 @@ pub async fn serve_on<L: Listener>(
     server
         .serve_connections(listener, move |io, _peer| {
             connection(io, service.clone(), header_timeout, stop.clone())
+        })
+        .await
+}
+
+/// [`serve_on`] over TLS: each connection's handshake runs in its own
+/// task with the acceptor's timeout; one that fails is logged and closed.
+///
+/// ```no_run
+/// # async fn demo() -> std::io::Result<()> {
+/// let server = wiremux_engine::Server::builder()
+///     .registry(wiremux_engine::demo::registry())
+///     .build();
+/// let tls = wiremux_engine::tls::TlsAcceptor::from_pem_files(
+///     "cert.pem".as_ref(),
+///     "key.pem".as_ref(),
+/// )?;
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
+/// wiremux_http::serve_tls(listener, server, wiremux_http::HttpOptions::default(), tls).await
+/// # }
+/// ```
+pub async fn serve_tls<L: Listener>(
+    listener: L,
+    server: Server,
+    options: HttpOptions,
+    tls: TlsAcceptor,
+) -> io::Result<()> {
+    let header_timeout = options.header_timeout;
+    let service = HttpService::new(server.clone(), options);
+    let stop = server.clone();
+    server
+        .serve_connections(listener, move |io, peer| {
+            let (service, stop, tls) = (service.clone(), stop.clone(), tls.clone());
+            async move {
+                if let Ok(stream) = tls.accept(io, &peer).await {
+                    connection(stream, service, header_timeout, stop).await;
+                }
+            }
         })
         .await
 }
