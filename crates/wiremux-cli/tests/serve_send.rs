@@ -524,3 +524,206 @@ fn serve_announces_each_listener_once_without_colours_in_a_pipe() {
     assert!(rest.iter().all(|l| !l.contains('\x1b')), "{rest:?}");
     assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
 }
+
+/// A self-signed certificate for localhost and 127.0.0.1, as PEM files in
+/// a scratch directory (removed on drop).
+struct CertFiles {
+    dir: std::path::PathBuf,
+    cert: String,
+    key: String,
+}
+
+impl CertFiles {
+    fn new(name: &str) -> CertFiles {
+        let dir = std::env::temp_dir().join(format!("wiremux-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let made =
+            rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+                .unwrap();
+        let cert = dir.join("cert.pem");
+        let key = dir.join("key.pem");
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        CertFiles {
+            cert: cert.to_str().unwrap().to_string(),
+            key: key.to_str().unwrap().to_string(),
+            dir,
+        }
+    }
+}
+
+impl Drop for CertFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `wiremux serve` with TLS on --listen and --http: (server, TCP address,
+/// HTTPS API root).
+fn tls_serve(certs: &CertFiles) -> (LoggedServe, String, String) {
+    let mut serve = LoggedServe::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &certs.cert,
+        "--tls-key",
+        &certs.key,
+    ]);
+    let addr = serve
+        .listening
+        .strip_suffix(" (TLS)")
+        .expect("the TLS listener says so")
+        .to_string();
+    let line = serve.wait_for("wiremux: HTTP API on ");
+    let api = line["wiremux: HTTP API on ".len()..].to_string();
+    assert!(api.starts_with("https://"), "{api}");
+    serve.listening = addr.clone();
+    (serve, addr, api)
+}
+
+#[test]
+fn send_over_tls_verifies_the_certificate() {
+    let certs = CertFiles::new("send");
+    let (_serve, addr, api) = tls_serve(&certs);
+    let echo = ["1 command-name have-data echo", "1 command-data eos over tls"];
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        v.extend(echo.iter().map(|s| s.to_string()));
+        v
+    };
+    for flags in [
+        vec!["--connect", &addr, "--tls", "--ca", &certs.cert],
+        vec!["--connect", &addr, "--ca", &certs.cert],
+        vec!["--connect", &addr, "--tls", "--insecure"],
+    ] {
+        let a = args(&flags);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let out = send(&a, "");
+        assert!(out.status.success(), "{flags:?}: {}", stderr(&out));
+        assert_eq!(lines(&out), ["1 bytes-response eos over tls"], "{flags:?}");
+    }
+    // HTTPS through the same flags.
+    let url = format!("{api}ro/multirequest");
+    let a = args(&["--http", &url, "--ca", &certs.cert]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let out = send(&a, "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(lines(&out), ["1 bytes-response eos over tls"]);
+    // --tls alone trusts nothing and says what to add.
+    let out = send(&["--connect", &addr, "--tls", "1 command-name eos echo"], "");
+    assert_eq!(
+        stderr(&out),
+        "wiremux: --tls needs --ca PEM (the certificate to trust) or --insecure (trust any)\n"
+    );
+    // A certificate for another name is refused.
+    let out = send(
+        &[
+            "--connect",
+            &addr,
+            "--tls",
+            "--ca",
+            &certs.cert,
+            "--server-name",
+            "example.com",
+            "1 command-name eos echo",
+        ],
+        "",
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).starts_with(&format!("wiremux: TLS with {addr}: ")),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_plaintext_send_on_the_tls_port_fails_and_the_server_logs_it() {
+    let certs = CertFiles::new("plain");
+    let (serve, addr, _) = tls_serve(&certs);
+    let out = send(
+        &[
+            "--connect",
+            &addr,
+            "--timeout",
+            "20",
+            "1 command-name have-data echo",
+            "1 command-data eos plain",
+        ],
+        "",
+    );
+    assert!(!out.status.success());
+    assert!(!stderr(&out).contains("timed out"), "{}", stderr(&out));
+    let line = serve.wait_for("TLS handshake failed; connection closed");
+    assert!(line.contains("WARN"), "{line}");
+    // The server goes on.
+    let out = send(
+        &["--connect", &addr, "--insecure", "1 command-name eos unknown"],
+        "",
+    );
+    assert_eq!(
+        lines(&out),
+        ["1 error-response application unknown command: unknown"]
+    );
+}
+
+/// Python's `ssl` module, verifying the certificate, as a stock TLS
+/// client: a raw-frame echo over the TLS port, and a POST over HTTPS.
+#[test]
+fn python_ssl_with_verification_talks_to_both_tls_listeners() {
+    let certs = CertFiles::new("python");
+    let (_serve, addr, api) = tls_serve(&certs);
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    // https://127.0.0.1:PORT/api/...: the HTTPS port and the API's path.
+    let rest = api.strip_prefix("https://127.0.0.1:").unwrap();
+    let (http_port, api_path) = rest.split_at(rest.find('/').unwrap());
+    let script = r#"
+import http.client, socket, ssl, sys
+cafile, host, port, http_port, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+context = ssl.create_default_context(cafile=cafile)
+assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+frames, media = bytes.fromhex(sys.argv[6]), sys.argv[7]
+with socket.create_connection((host, port)) as raw:
+    with context.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(frames)
+        got = b""
+        while len(got) < 6 or len(got) < 6 + int.from_bytes(got[0:3], "little"):
+            chunk = tls.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+print("tcp", got.hex())
+conn = http.client.HTTPSConnection("localhost", http_port, context=context)
+conn.request("POST", path + "ro/echo", body=frames, headers={
+    "Content-Type": media, "Accept": media})
+response = conn.getresponse()
+print("http", response.status, response.read().hex())
+"#;
+    let mut frames = Vec::new();
+    for line in ["1 command-name have-data echo", "1 command-data eos from python"] {
+        wiremux_proto::human::parse_frame(line)
+            .unwrap()
+            .encode(&mut frames);
+    }
+    let hex: String = frames.iter().map(|b| format!("{b:02x}")).collect();
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", script, &certs.cert, host, port, http_port, api_path, &hex, wiremux_proto::MEDIA_TYPE])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut answer = Vec::new();
+    wiremux_proto::human::parse_frame("1 bytes-response eos from python")
+        .unwrap()
+        .encode(&mut answer);
+    let answer: String = answer.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("tcp {answer}\nhttp 200 {answer}\n")
+    );
+}

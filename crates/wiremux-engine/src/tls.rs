@@ -320,3 +320,58 @@ impl Client {
         Ok(Client::new(stream))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acceptor() -> TlsAcceptor {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        TlsAcceptor::from_pem(
+            made.cert.pem().as_bytes(),
+            made.signing_key.serialize_pem().as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_never_handshakes_is_dropped_at_the_timeout() {
+        let acceptor = acceptor().handshake_timeout(Duration::from_secs(3));
+        let (server_side, _client_side) = tokio::io::duplex(1024);
+        let started = tokio::time::Instant::now();
+        let err = acceptor.accept(server_side, "silent").await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(err.to_string(), "no TLS handshake within 3 s");
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handshake_over_duplex_needs_no_real_time() {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let acceptor = TlsAcceptor::from_pem(
+            made.cert.pem().as_bytes(),
+            made.signing_key.serialize_pem().as_bytes(),
+        )
+        .unwrap();
+        let config = client_config(made.cert.pem().as_bytes()).unwrap();
+        let (server_side, client_side) = tokio::io::duplex(64 << 10);
+        let (served, connected) = tokio::join!(
+            acceptor.accept(server_side, "duplex"),
+            connect_stream(client_side, "localhost", config)
+        );
+        served.unwrap();
+        connected.unwrap();
+    }
+
+    #[test]
+    fn pem_errors_say_what_is_wrong() {
+        let err = TlsAcceptor::from_pem(b"not pem", b"not pem").unwrap_err();
+        assert_eq!(err.to_string(), "certificate PEM: no CERTIFICATE block");
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let err = TlsAcceptor::from_pem(made.cert.pem().as_bytes(), b"").unwrap_err();
+        assert!(err.to_string().starts_with("private key PEM: "), "{err}");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        let err = client_config(b"").unwrap_err();
+        assert_eq!(err.to_string(), "certificate PEM: no CERTIFICATE block");
+    }
+}
