@@ -12,8 +12,8 @@ use wiremux::proto::human::parse_frame;
 
 /// A self-signed certificate for `localhost` and 127.0.0.1: (cert PEM, key PEM).
 fn certificate() -> (String, String) {
-    let made = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-        .unwrap();
+    let made =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     (made.cert.pem(), made.signing_key.serialize_pem())
 }
 
@@ -104,7 +104,9 @@ async fn a_plaintext_client_on_a_tls_port_is_closed_and_the_server_goes_on() {
     assert!(err.is_connection_error(), "{err}");
     // And TLS clients are served as before.
     let config = tls::client_config(cert.as_bytes()).unwrap();
-    let client = Client::connect_tls(addr, "localhost", config).await.unwrap();
+    let client = Client::connect_tls(addr, "localhost", config)
+        .await
+        .unwrap();
     let reply = within("echo", client.call("echo").data("after").send()).await;
     assert_eq!(reply.unwrap().body, "after");
     server.shutdown();

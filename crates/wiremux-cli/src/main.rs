@@ -10,6 +10,7 @@ mod load;
 mod reflect;
 mod send;
 mod serve;
+mod tls;
 
 /// One connection, many requests in flight: tools for Mercurial's frame protocol.
 #[derive(Parser)]

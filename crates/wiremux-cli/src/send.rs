@@ -80,7 +80,7 @@ pub fn run(args: Args) -> CliResult {
                 if args.tls || args.ca.is_some() || args.insecure {
                     let name = match &args.server_name {
                         Some(name) => name.clone(),
-                        None => host_of(addr),
+                        None => crate::tls::host_of(addr),
                     };
                     let stream =
                         wiremux_engine::tls::connect_stream(stream, &name, tls_config(&args)?)
@@ -100,24 +100,8 @@ pub fn run(args: Args) -> CliResult {
 
 /// The TLS client configuration the flags ask for.
 fn tls_config(args: &Args) -> Result<Arc<ClientConfig>, String> {
-    if args.insecure {
-        return Ok(wiremux_engine::tls::insecure_client_config());
-    }
-    let Some(ca) = &args.ca else {
-        return Err(
-            "--tls needs --ca PEM (the certificate to trust) or --insecure (trust any)".into(),
-        );
-    };
-    let pem = std::fs::read(ca).map_err(|e| format!("--ca {}: {e}", ca.display()))?;
-    wiremux_engine::tls::client_config(&pem).map_err(|e| format!("--ca {}: {e}", ca.display()))
-}
-
-/// The host part of `host:port` (without the brackets of `[::1]:port`).
-fn host_of(addr: &str) -> String {
-    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string()
+    crate::tls::client_config(true, args.ca.as_deref(), args.insecure)
+        .map(|config| config.expect("asked for TLS"))
 }
 
 /// Parses the frames from arguments, or from stdin (blank lines and lines

@@ -537,9 +537,8 @@ impl CertFiles {
     fn new(name: &str) -> CertFiles {
         let dir = std::env::temp_dir().join(format!("wiremux-tls-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let made =
-            rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-                .unwrap();
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .unwrap();
         let cert = dir.join("cert.pem");
         let key = dir.join("key.pem");
         std::fs::write(&cert, made.cert.pem()).unwrap();
@@ -587,7 +586,10 @@ fn tls_serve(certs: &CertFiles) -> (LoggedServe, String, String) {
 fn send_over_tls_verifies_the_certificate() {
     let certs = CertFiles::new("send");
     let (_serve, addr, api) = tls_serve(&certs);
-    let echo = ["1 command-name have-data echo", "1 command-data eos over tls"];
+    let echo = [
+        "1 command-name have-data echo",
+        "1 command-data eos over tls",
+    ];
     let args = |extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         v.extend(echo.iter().map(|s| s.to_string()));
@@ -612,7 +614,10 @@ fn send_over_tls_verifies_the_certificate() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(lines(&out), ["1 bytes-response eos over tls"]);
     // --tls alone trusts nothing and says what to add.
-    let out = send(&["--connect", &addr, "--tls", "1 command-name eos echo"], "");
+    let out = send(
+        &["--connect", &addr, "--tls", "1 command-name eos echo"],
+        "",
+    );
     assert_eq!(
         stderr(&out),
         "wiremux: --tls needs --ca PEM (the certificate to trust) or --insecure (trust any)\n"
@@ -660,7 +665,12 @@ fn a_plaintext_send_on_the_tls_port_fails_and_the_server_logs_it() {
     assert!(line.contains("WARN"), "{line}");
     // The server goes on.
     let out = send(
-        &["--connect", &addr, "--insecure", "1 command-name eos unknown"],
+        &[
+            "--connect",
+            &addr,
+            "--insecure",
+            "1 command-name eos unknown",
+        ],
         "",
     );
     assert_eq!(
@@ -702,14 +712,27 @@ response = conn.getresponse()
 print("http", response.status, response.read().hex())
 "#;
     let mut frames = Vec::new();
-    for line in ["1 command-name have-data echo", "1 command-data eos from python"] {
+    for line in [
+        "1 command-name have-data echo",
+        "1 command-data eos from python",
+    ] {
         wiremux_proto::human::parse_frame(line)
             .unwrap()
             .encode(&mut frames);
     }
     let hex: String = frames.iter().map(|b| format!("{b:02x}")).collect();
     let out = Command::new("/usr/bin/python3")
-        .args(["-c", script, &certs.cert, host, port, http_port, api_path, &hex, wiremux_proto::MEDIA_TYPE])
+        .args([
+            "-c",
+            script,
+            &certs.cert,
+            host,
+            port,
+            http_port,
+            api_path,
+            &hex,
+            wiremux_proto::MEDIA_TYPE,
+        ])
         .output()
         .unwrap();
     assert!(
@@ -725,5 +748,42 @@ print("http", response.status, response.read().hex())
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
         format!("tcp {answer}\nhttp 200 {answer}\n")
+    );
+}
+
+#[test]
+fn load_runs_over_tls() {
+    let certs = CertFiles::new("load");
+    let (_serve, addr, _) = tls_serve(&certs);
+    let out = Command::new(BIN)
+        .args([
+            "load",
+            "--connect",
+            &addr,
+            "--tls",
+            "--ca",
+            &certs.cert,
+            "--requests",
+            "300",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout.clone()).unwrap();
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(text.contains("300 correct responses"), "{text}");
+    assert!(
+        text.contains("0 mismatched, 0 duplicated, 0 lost"),
+        "{text}"
+    );
+    // Without a certificate to trust, it refuses before the run.
+    let out = Command::new(BIN)
+        .args(["load", "--connect", &addr, "--tls", "--requests", "10"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--tls needs --ca PEM"),
+        "{}",
+        stderr(&out)
     );
 }

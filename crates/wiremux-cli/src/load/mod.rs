@@ -34,6 +34,16 @@ pub struct Args {
     /// Load the server at this TCP address (default: an embedded server).
     #[arg(long, value_name = "ADDR")]
     connect: Option<String>,
+    /// Speak TLS to the --connect address (through a local relay thread;
+    /// see docs/DEPLOY.md), trusting --ca or, with --insecure, anything.
+    #[arg(long, requires = "connect")]
+    tls: bool,
+    /// PEM file of the certificate(s) to trust for --tls.
+    #[arg(long, value_name = "PEM", requires = "connect")]
+    ca: Option<PathBuf>,
+    /// Accept any server certificate (test servers only).
+    #[arg(long, requires = "connect", conflicts_with = "ca")]
+    insecure: bool,
     /// Load the server at this Unix socket.
     #[arg(long, value_name = "PATH", conflicts_with = "connect")]
     unix: Option<PathBuf>,
@@ -251,6 +261,18 @@ fn load(
     };
     plan.target = target;
     ctx.target = label;
+    // TLS: the generator talks plaintext to a relay that holds the TLS
+    // connections (kept until the run ends).
+    let _relay = match crate::tls::client_config(args.tls, args.ca.as_deref(), args.insecure)? {
+        Some(config) => {
+            let addr = args.connect.as_deref().unwrap_or_default();
+            let relay = crate::tls::TlsRelay::start(addr, &crate::tls::host_of(addr), config)?;
+            plan.target = Target::Tcp(relay.addr().to_string());
+            ctx.target = format!("{addr} (TLS)");
+            Some(relay)
+        }
+        None => None,
+    };
     let outcome = drive(&plan, show_progress, "")?;
     finish(args, report, &ctx, &[("wiremux", outcome)])
 }
