@@ -431,7 +431,9 @@ impl Lifecycle {
 
     /// Where dependency `dep` of request `id` (begun as `seq`) stands.
     fn dependency_state(&self, dep: u16, id: u16, seq: u32) -> DepState {
-        if dep == id {
+        // Even IDs are never client requests (and share their bit in
+        // `used`/`failed` with the odd ID above them).
+        if dep == id || dep % 2 == 0 {
             return DepState::Unknown;
         }
         if let Some(entry) = self.entries.get(&dep) {
