@@ -213,6 +213,10 @@ pub struct Lifecycle {
     failed: IdBits,
     kept: IdMap<Bytes>,
     kept_bytes: usize,
+    /// Requests that ended while others were still arriving, with the
+    /// `seq` they began as: one of those others cannot name them if they
+    /// began after it. Empty whenever nothing is arriving.
+    ended_while_receiving: IdMap<u32>,
     /// Requests held for each ID they wait for.
     waiters: IdMap<Vec<Token>>,
     deadlines: BinaryHeap<Reverse<(Instant, u16, u32)>>,
@@ -240,6 +244,7 @@ impl Lifecycle {
             failed: IdBits::default(),
             kept: IdMap::default(),
             kept_bytes: 0,
+            ended_while_receiving: IdMap::default(),
             waiters: IdMap::default(),
             deadlines: BinaryHeap::new(),
             live_deadlines: 0,
@@ -288,6 +293,10 @@ impl Lifecycle {
         }
         self.on_action(action, now);
         self.process_ended();
+        if self.reactor.receiving() == 0 && !self.ended_while_receiving.is_empty() {
+            // Every request begun before those ended is complete.
+            self.ended_while_receiving.clear();
+        }
     }
 
     /// The input has ended: requests still arriving get their errors; the
@@ -300,6 +309,7 @@ impl Lifecycle {
         let action = self.reactor.on_input_eof();
         self.on_action(action, now);
         self.process_ended();
+        self.ended_while_receiving.clear();
     }
 
     /// A connection-level error found outside the reactor (a bad header, a
@@ -332,6 +342,7 @@ impl Lifecycle {
         if let Some(body) = self.kept.remove(&id) {
             self.kept_bytes -= body.len();
         }
+        self.ended_while_receiving.remove(&id);
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
         self.entries.insert(
@@ -443,6 +454,11 @@ impl Lifecycle {
             } else {
                 DepState::Pending
             };
+        }
+        if let Some(&began) = self.ended_while_receiving.get(&dep) {
+            if began.wrapping_sub(seq) as i32 > 0 {
+                return DepState::Unknown;
+            }
         }
         if !self.used.get(dep) {
             DepState::Unknown
@@ -678,6 +694,9 @@ impl Lifecycle {
             End::Failed => self.counters.requests_failed += 1,
         }
         if let Some(entry) = entry {
+            if self.reactor.receiving() > 0 {
+                self.ended_while_receiving.insert(id, entry.seq);
+            }
             if entry.deadline.is_some() {
                 self.live_deadlines -= 1;
             }
@@ -862,6 +881,7 @@ impl Lifecycle {
             .count() as u64;
         self.entries.clear();
         self.waiters.clear();
+        self.ended_while_receiving.clear();
         self.deadlines.clear();
         self.live_deadlines = 0;
         self.events.clear();
