@@ -59,8 +59,9 @@ pub struct LifecycleConfig {
     /// The reactor's limits; `max_send_payload` is the one frame size of
     /// every response (default 32768).
     pub limits: Limits,
-    /// Send responses in request order (head-of-line blocking), as an
-    /// in-order baseline. Default false.
+    /// Send responses in request order, the order their command-name
+    /// frames arrived (head-of-line blocking), as an in-order baseline.
+    /// Default false.
     pub in_order: bool,
     /// The server's own deadline for every request, from its last frame.
     /// Default none.
@@ -343,6 +344,9 @@ impl Lifecycle {
             self.kept_bytes -= body.len();
         }
         self.ended_while_receiving.remove(&id);
+        // In-order mode answers in the order requests began: a request's
+        // dependencies began before it, so they are never queued behind it.
+        self.send.expect(id);
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
         self.entries.insert(
@@ -363,7 +367,6 @@ impl Lifecycle {
             Action::Error(err) => {
                 for frame in err.frames(self.send.max_payload()) {
                     let message = String::from_utf8_lossy(&frame.payload).into_owned();
-                    self.send.expect(frame.request_id);
                     self.fail_request(frame.request_id, &message);
                 }
             }
@@ -379,7 +382,6 @@ impl Lifecycle {
         if self.reactor.receiving() > 0 {
             self.assembly_since = Some(now);
         }
-        self.send.expect(id);
         self.counters.requests_started += 1;
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
@@ -534,7 +536,6 @@ impl Lifecycle {
         match entry.phase {
             Phase::Receiving => {
                 self.reactor.stop_receiving(id);
-                self.send.expect(id);
             }
             Phase::Running | Phase::Answering => {
                 let token = Token { id, seq: entry.seq };
