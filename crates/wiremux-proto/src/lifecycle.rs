@@ -517,6 +517,7 @@ impl Lifecycle {
                 .get(&target)
                 .is_some_and(|e| !matches!(e.phase, Phase::Ending));
         let answer = if stoppable {
+            self.send.move_before(target, token.id);
             self.stop(target, "cancelled");
             self.counters.requests_cancelled += 1;
             "cancelled"

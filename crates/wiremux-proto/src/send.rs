@@ -114,6 +114,23 @@ impl SendQueue {
         }
     }
 
+    /// In-order mode: moves `id`'s turn up to just before `before`'s, if it
+    /// came after it (the error of a request stopped by `@cancel` leaves
+    /// before the answer to the `@cancel`). Otherwise, nothing.
+    pub fn move_before(&mut self, id: u16, before: u16) {
+        let Some(order) = &mut self.order else {
+            return;
+        };
+        let at = order.iter().position(|&x| x == id);
+        let to = order.iter().position(|&x| x == before);
+        if let (Some(at), Some(to)) = (at, to) {
+            if at > to {
+                order.remove(at);
+                order.insert(to, id);
+            }
+        }
+    }
+
     /// Whether `id` may have output framed now (always, unless in-order
     /// mode holds it behind an earlier response).
     fn may_send(&self, id: u16) -> bool {
