@@ -37,13 +37,44 @@ const ODD_IDS: usize = 1 << 15;
 pub struct Exhausted;
 
 /// Allocates client (odd) request IDs.
+///
+/// An ID is busy from [`IdAllocator::allocate`] until its response has
+/// fully arrived ([`IdAllocator::release`]) *and* no request that names it
+/// (in `@after`, `@use:NAME` or `@cancel`, PROTOCOL.md section 8) is still
+/// active: each such request [`IdAllocator::pin`]s the ID while it is sent
+/// and [`IdAllocator::unpin`]s it when it ends. The server resolves a name
+/// to the latest request on that ID, so reusing the ID any sooner could
+/// make a request wait for, or take the result of, the wrong one.
+///
+/// ```
+/// use wiremux_proto::client::IdAllocator;
+///
+/// let mut ids = IdAllocator::new();
+/// let a = ids.allocate().unwrap(); // add a=1 b=2 @keep
+/// let b = ids.allocate().unwrap(); // add @use:a=1 b=10
+/// ids.pin(a);
+/// ids.release(a); // a's answer came, but b still names it
+/// assert!(ids.is_active(a));
+/// ids.unpin(a); // b ended
+/// assert!(!ids.is_active(a));
+/// # let _ = b;
+/// ```
 #[derive(Debug, Clone)]
 pub struct IdAllocator {
-    /// One bit per odd ID: bit `id >> 1` is set while `id` is active.
+    /// One bit per odd ID: bit `id >> 1` is set while `id` is busy.
     active: Box<[u64; ODD_IDS / 64]>,
     /// Index (`id >> 1`) of the next ID to try.
     next: usize,
     in_use: usize,
+    /// IDs named by requests still active: how many name each, and whether
+    /// the ID's own request has ended.
+    pins: IdMap<Pin>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pin {
+    count: u32,
+    released: bool,
 }
 
 impl Default for IdAllocator {
@@ -59,6 +90,7 @@ impl IdAllocator {
             active: Box::new([0; ODD_IDS / 64]),
             next: 0,
             in_use: 0,
+            pins: IdMap::default(),
         }
     }
 
@@ -78,9 +110,18 @@ impl IdAllocator {
         Ok((index as u16) << 1 | 1)
     }
 
-    /// Frees `id` for reuse (once its response has fully arrived). Freeing an
-    /// ID that is not active does nothing.
+    /// Frees `id` for reuse (once its response has fully arrived), or, if
+    /// a request still active names it, once the last of those ends.
+    /// Freeing an ID that is not active does nothing.
     pub fn release(&mut self, id: u16) {
+        if let Some(pin) = self.pins.get_mut(&id) {
+            pin.released = true;
+            return;
+        }
+        self.free(id);
+    }
+
+    fn free(&mut self, id: u16) {
         let index = usize::from(id >> 1);
         if id % 2 == 1 && self.active[index / 64] & (1 << (index % 64)) != 0 {
             self.active[index / 64] &= !(1 << (index % 64));
@@ -88,7 +129,49 @@ impl IdAllocator {
         }
     }
 
-    /// Whether `id` is active.
+    /// A request about to be sent names `id` (which must be active, its own
+    /// request not yet released): `id` stays busy until the matching
+    /// [`IdAllocator::unpin`], even if its own request ends first. Pinning
+    /// an ID that is not active does nothing.
+    pub fn pin(&mut self, id: u16) {
+        if !self.is_active(id) {
+            return;
+        }
+        if let Some(pin) = self.pins.get_mut(&id) {
+            pin.count += 1;
+        } else if !self.pins.contains_key(&id) {
+            self.pins.insert(
+                id,
+                Pin {
+                    count: 1,
+                    released: false,
+                },
+            );
+        }
+    }
+
+    /// A request that named `id` has ended. Once nothing names `id` and its
+    /// own request has been released, `id` is free.
+    pub fn unpin(&mut self, id: u16) {
+        let Some(pin) = self.pins.get_mut(&id) else {
+            return;
+        };
+        pin.count -= 1;
+        if pin.count == 0 {
+            let released = pin.released;
+            self.pins.remove(&id);
+            if released {
+                self.free(id);
+            }
+        }
+    }
+
+    /// Whether a request still active names `id`.
+    pub fn is_pinned(&self, id: u16) -> bool {
+        self.pins.contains_key(&id)
+    }
+
+    /// Whether `id` is busy (active, or ended but still named).
     pub fn is_active(&self, id: u16) -> bool {
         let index = usize::from(id >> 1);
         id % 2 == 1 && self.active[index / 64] & (1 << (index % 64)) != 0
@@ -97,6 +180,182 @@ impl IdAllocator {
     /// How many IDs are active.
     pub fn in_use(&self) -> usize {
         self.in_use
+    }
+}
+
+/// The extensions of PROTOCOL.md section 8 a server offers, as its
+/// `@capabilities` answer lists them.
+///
+/// ```
+/// use wiremux_proto::client::Capabilities;
+///
+/// let caps = Capabilities::parse(b"after use keep cancel deadline");
+/// assert!(caps.pipelining() && caps.cancel() && caps.deadline());
+/// // A server without extensions answers `unknown command: @capabilities`.
+/// let none = Capabilities::from_answer(Err("unknown command: @capabilities"));
+/// assert_eq!(none, Capabilities::none());
+/// assert!(!none.after());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    names: Vec<String>,
+}
+
+impl Capabilities {
+    /// No extensions: what a server that does not know `@capabilities` has.
+    pub fn none() -> Capabilities {
+        Capabilities::default()
+    }
+
+    /// The extensions listed in a `@capabilities` answer (names separated
+    /// by single spaces, in any order; unknown names are kept, empty ones
+    /// skipped).
+    pub fn parse(body: &[u8]) -> Capabilities {
+        let mut names: Vec<String> = body
+            .split(|b| *b == b' ')
+            .filter(|name| !name.is_empty())
+            .map(|name| String::from_utf8_lossy(name).into_owned())
+            .collect();
+        names.sort();
+        names.dedup();
+        Capabilities { names }
+    }
+
+    /// From the answer to `@capabilities`: its body, or, for an error (a
+    /// server without extensions), none.
+    pub fn from_answer<E>(answer: Result<&[u8], E>) -> Capabilities {
+        match answer {
+            Ok(body) => Capabilities::parse(body),
+            Err(_) => Capabilities::none(),
+        }
+    }
+
+    /// Whether the server lists `name`.
+    pub fn supports(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name)
+    }
+
+    /// The names listed, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(String::as_str)
+    }
+
+    /// `@after`.
+    pub fn after(&self) -> bool {
+        self.supports("after")
+    }
+
+    /// `@use:NAME` and `@keep` together: results pipelined on the server.
+    pub fn pipelining(&self) -> bool {
+        self.supports("use") && self.supports("keep") && self.after()
+    }
+
+    /// `@cancel`.
+    pub fn cancel(&self) -> bool {
+        self.supports("cancel")
+    }
+
+    /// `@deadline`.
+    pub fn deadline(&self) -> bool {
+        self.supports("deadline")
+    }
+}
+
+/// The reserved names and values of PROTOCOL.md section 8, as a client
+/// writes them.
+///
+/// ```
+/// use std::time::Duration;
+/// use wiremux_proto::builder::CommandBuilder;
+/// use wiremux_proto::client::reserved;
+/// use wiremux_proto::human::format_frame;
+///
+/// let cmd = reserved::deadline(
+///     reserved::keep(reserved::use_result(CommandBuilder::new("add").arg("b", "10"), "a", 1)),
+///     Duration::from_micros(2500),
+/// );
+/// let lines: Vec<String> = cmd.frames(3, 32768).unwrap().iter().map(format_frame).collect();
+/// assert_eq!(lines, [
+///     "3 command-name have-args add",
+///     r"3 command-argument 0 \t\x00\x01\x00@deadline3",
+///     r"3 command-argument 0 \x05\x00\x00\x00@keep",
+///     r"3 command-argument 0 \x06\x00\x01\x00@use:a1",
+///     r"3 command-argument eoa \x01\x00\x02\x00b10",
+/// ]);
+/// ```
+pub mod reserved {
+    use crate::builder::CommandBuilder;
+    use bytes::{BufMut, Bytes, BytesMut};
+    use std::time::Duration;
+
+    /// The command that asks a server for its extensions.
+    pub const CAPABILITIES: &str = "@capabilities";
+    /// The command that cancels a request.
+    pub const CANCEL: &str = "@cancel";
+    /// The most IDs one `@after` may name.
+    pub const MAX_DEPENDENCIES: usize = 64;
+
+    /// `@capabilities`, no arguments.
+    pub fn capabilities() -> CommandBuilder {
+        CommandBuilder::new(CAPABILITIES)
+    }
+
+    /// `@cancel id=ID`.
+    pub fn cancel(id: u16) -> CommandBuilder {
+        CommandBuilder::new(CANCEL).arg("id", id.to_string())
+    }
+
+    /// The value of `@after`: the IDs in decimal, joined by `,`.
+    pub fn after_value(ids: &[u16]) -> Bytes {
+        let mut out = BytesMut::with_capacity(ids.len() * 6);
+        for (i, id) in ids.iter().enumerate() {
+            if i > 0 {
+                out.put_u8(b',');
+            }
+            out.put_slice(id.to_string().as_bytes());
+        }
+        out.freeze()
+    }
+
+    /// Adds `@after` naming `ids` (nothing if there are none).
+    pub fn after(command: CommandBuilder, ids: &[u16]) -> CommandBuilder {
+        if ids.is_empty() {
+            return command;
+        }
+        command.arg("@after", after_value(ids))
+    }
+
+    /// Adds `@use:NAME` naming the request `id`.
+    pub fn use_result(command: CommandBuilder, name: impl AsRef<[u8]>, id: u16) -> CommandBuilder {
+        let name = name.as_ref();
+        let mut arg = BytesMut::with_capacity(5 + name.len());
+        arg.put_slice(b"@use:");
+        arg.put_slice(name);
+        command.arg(arg.freeze(), id.to_string())
+    }
+
+    /// Adds `@keep`.
+    pub fn keep(command: CommandBuilder) -> CommandBuilder {
+        command.arg("@keep", "")
+    }
+
+    /// The value of `@deadline` for a time left: whole milliseconds,
+    /// rounded up (so a server never stops a request before the client
+    /// would), at least 1.
+    pub fn deadline_ms(left: Duration) -> u64 {
+        let ms = left.as_nanos().div_ceil(1_000_000);
+        u64::try_from(ms).unwrap_or(u64::MAX).max(1)
+    }
+
+    /// Adds `@deadline` for the time `left`.
+    pub fn deadline(command: CommandBuilder, left: Duration) -> CommandBuilder {
+        command.arg("@deadline", deadline_ms(left).to_string())
+    }
+
+    /// The message a server gives a request that timed out after its
+    /// `@deadline` of `ms`.
+    pub fn timed_out_message(ms: u64) -> String {
+        format!("timed out after {ms} ms")
     }
 }
 
@@ -344,6 +603,121 @@ mod tests {
         assert_eq!(ids.allocate(), Ok(12345));
         ids.release(2); // even: not ours, ignored
         assert_eq!(ids.in_use(), ODD_IDS);
+    }
+
+    #[test]
+    fn a_named_id_is_reused_only_when_nothing_names_it_and_it_ended() {
+        let mut ids = IdAllocator::new();
+        let a = ids.allocate().unwrap();
+        // Two later requests name `a`; its own answer comes in between.
+        ids.pin(a);
+        ids.pin(a);
+        assert!(ids.is_pinned(a));
+        ids.release(a);
+        ids.unpin(a);
+        assert!(ids.is_active(a), "the second one still names it");
+        ids.unpin(a);
+        assert!(!ids.is_active(a) && !ids.is_pinned(a));
+        assert_eq!(ids.in_use(), 0);
+        // The dependents end first, the named request last.
+        let b = ids.allocate().unwrap();
+        ids.pin(b);
+        ids.unpin(b);
+        assert!(ids.is_active(b), "its own request is still active");
+        ids.release(b);
+        assert!(!ids.is_active(b));
+        // Pinning a free ID does nothing, nor does unpinning an unpinned one.
+        ids.pin(b);
+        assert!(!ids.is_pinned(b));
+        ids.unpin(b);
+        assert_eq!(ids.in_use(), 0);
+    }
+
+    #[test]
+    fn a_pinned_id_is_skipped_when_the_ids_wrap() {
+        let mut ids = IdAllocator::new();
+        let one = ids.allocate().unwrap();
+        ids.pin(one);
+        ids.release(one);
+        let mut last = 0;
+        for _ in 0..(ODD_IDS - 1) {
+            last = ids.allocate().unwrap();
+            ids.release(last);
+        }
+        assert_eq!(last, 65535);
+        assert_eq!(ids.allocate().unwrap(), 3, "1 is still named, so 3");
+        ids.unpin(one);
+        for _ in 0..(ODD_IDS - 2) {
+            let id = ids.allocate().unwrap();
+            ids.release(id);
+        }
+        assert_eq!(ids.allocate().unwrap(), 1);
+    }
+
+    #[test]
+    fn capabilities_from_the_probe_answer() {
+        let caps = Capabilities::parse(b"deadline cancel  after keep use future");
+        assert_eq!(
+            caps.names().collect::<Vec<_>>(),
+            ["after", "cancel", "deadline", "future", "keep", "use"]
+        );
+        assert!(caps.pipelining() && caps.after() && caps.cancel() && caps.deadline());
+        assert!(caps.supports("future") && !caps.supports("fut"));
+        let partial = Capabilities::parse(b"after use");
+        assert!(partial.after() && !partial.pipelining() && !partial.cancel());
+        assert_eq!(Capabilities::parse(b""), Capabilities::none());
+        assert_eq!(
+            Capabilities::from_answer(Err::<&[u8], _>("unknown command: @capabilities")),
+            Capabilities::none()
+        );
+        assert_eq!(
+            Capabilities::from_answer(Ok::<_, ()>(&b"cancel"[..])),
+            Capabilities::parse(b"cancel")
+        );
+    }
+
+    #[test]
+    fn reserved_arguments_encode_as_section_8_says() {
+        use std::time::Duration;
+        assert_eq!(reserved::after_value(&[1, 3, 65535]), "1,3,65535");
+        assert_eq!(reserved::after_value(&[]), "");
+        let lines = |cmd: crate::builder::CommandBuilder, id| -> Vec<String> {
+            cmd.frames(id, 32768)
+                .unwrap()
+                .iter()
+                .map(crate::human::format_frame)
+                .collect()
+        };
+        assert_eq!(
+            lines(reserved::capabilities(), 1),
+            ["1 command-name eos @capabilities"]
+        );
+        assert_eq!(
+            lines(reserved::cancel(7), 9),
+            [
+                "9 command-name have-args @cancel",
+                r"9 command-argument eoa \x02\x00\x01\x00id7"
+            ]
+        );
+        let cmd = reserved::after(
+            crate::builder::CommandBuilder::new("get").arg("key", "k"),
+            &[1, 3],
+        );
+        assert_eq!(
+            lines(cmd, 5),
+            [
+                "5 command-name have-args get",
+                r"5 command-argument 0 \x06\x00\x03\x00@after1,3",
+                r"5 command-argument eoa \x03\x00\x01\x00keyk",
+            ]
+        );
+        let plain = crate::builder::CommandBuilder::new("get");
+        assert_eq!(reserved::after(plain.clone(), &[]), plain);
+        assert_eq!(reserved::deadline_ms(Duration::from_millis(250)), 250);
+        assert_eq!(reserved::deadline_ms(Duration::from_micros(250_001)), 251);
+        assert_eq!(reserved::deadline_ms(Duration::ZERO), 1);
+        assert_eq!(reserved::deadline_ms(Duration::MAX), u64::MAX);
+        assert_eq!(reserved::timed_out_message(250), "timed out after 250 ms");
     }
 
     fn feed(asm: &mut ResponseAssembler, line: &str) -> Result<Option<Response>, ClientError> {
