@@ -15,32 +15,61 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Each call above is its own future with its own reply channel. A caller
+//! # Calls that build on each other
+//!
+//! A started call is a handle ([`Call`]) that later calls can name: one
+//! can run only after others ([`CallBuilder::after`]), or take an argument
+//! from another's result ([`CallBuilder::use_result`]); the client marks
+//! that call `@keep` itself. A [`CallBuilder::timeout`] goes to the server
+//! as `@deadline` and still fails the call here if no answer comes; a
+//! dropped [`Call`] is cancelled with `@cancel`. These are the extensions
+//! of PROTOCOL.md section 8: the client asks the server for them
+//! (`@capabilities`) once per connection, the first time a call needs
+//! one. Against a server without them, the same calls give the same
+//! results with more round trips: a call waits for the answers it depends
+//! on before it is sent, with a used body as an ordinary argument, and a
+//! dropped call's answer is discarded.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), wiremux_engine::client::Error> {
+//! let client = wiremux_engine::Client::connect("127.0.0.1:7878").await?;
+//! // Three calls, one round trip: each adds to the previous sum.
+//! let a = client.call("add").arg("a", "1").arg("b", "2").start();
+//! let b = client.call("add").use_result("a", &a).arg("b", "10").start();
+//! let c = client.call("add").use_result("a", &b).arg("b", "100").start();
+//! assert_eq!(c.await?.body, "113");
+//! assert_eq!((a.await?.body, b.await?.body), ("3".into(), "13".into()));
+//! # Ok(()) }
+//! ```
+//!
+//! Each call above is its own future with its own result. A caller
 //! that keeps many calls going at once (a load generator, a batch job) can
 //! use a [`Pipeline`] instead: it queues calls without awaiting them, hands
 //! them to the driver in batches, and gets every answer back on one
 //! stream, tagged, in completion order.
 
-use bytes::{Buf, Bytes, BytesMut};
-use std::collections::VecDeque;
-use std::io;
-use std::panic::AssertUnwindSafe;
+use bytes::Bytes;
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 use wiremux_proto::builder::CommandBuilder;
-use wiremux_proto::client::{ClientError, IdAllocator, Outcome, ResponseAssembler};
-use wiremux_proto::{Flags, FrameCodec, FrameType, IdMap};
+pub use wiremux_proto::client::Capabilities;
+#[cfg(doc)]
+use wiremux_proto::client::{IdAllocator, ResponseAssembler};
 
+mod driver;
 mod error;
+mod pipeline;
+mod slot;
 
 pub use error::{Error, Reason};
-
-/// Output buffered before the driver stops taking new calls.
-const WRITE_HIGH_WATER: usize = 256 << 10;
-const ROUNDS_PER_WAKE: usize = 32;
+pub use pipeline::{Pipeline, PipelineCall};
+use slot::{Extras, Slot};
 
 /// A successful response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,40 +84,51 @@ pub struct Response {
 type Answer = (u64, Result<Response, Error>);
 type AnswerSink = mpsc::UnboundedSender<Vec<Answer>>;
 
-/// What handles send the driver.
-enum Submit {
-    /// One call whose answer goes to one future ([`Client::send`]).
-    One {
-        command: CommandBuilder,
-        reply: oneshot::Sender<Result<Response, Error>>,
-    },
-    /// A pipeline's calls, and where their answers go.
-    Batch {
-        sink: AnswerSink,
-        calls: Vec<(u64, CommandBuilder)>,
-    },
-}
-
-/// A call inside the driver.
-struct Call {
-    command: CommandBuilder,
-    reply: Reply,
+/// A call on its way to the driver.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub command: CommandBuilder,
+    pub extras: Extras,
+    /// Shared with the call's handle and its dependents, if it has any.
+    pub slot: Option<Arc<Slot>>,
+    pub reply: Reply,
 }
 
 /// Where a call's answer goes.
-enum Reply {
-    Once(oneshot::Sender<Result<Response, Error>>),
-    /// Into `Driver::pipes[pipe]`, tagged.
-    Tagged {
-        pipe: usize,
-        tag: u64,
-    },
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reply {
+    /// Into the slot, for the [`Call`] handle.
+    Handle,
+    /// Into `Driver::pipes[pipe]`, tagged (the slot is the driver's to
+    /// fill in when it takes the batch).
+    Tagged { pipe: usize, tag: u64 },
+    /// The driver's own `@capabilities`.
+    Probe,
+    /// The driver's own `@cancel` of `target`.
+    Cancel { target: u16 },
+}
+
+/// What handles send the driver.
+#[derive(Debug)]
+pub(crate) enum Submit {
+    /// Calls whose answers go to their handles.
+    Jobs(Vec<Job>),
+    /// A pipeline's calls, and where their answers go.
+    Batch { sink: AnswerSink, jobs: Vec<Job> },
+    /// A handle went away before its answer.
+    Abandon(Arc<Slot>),
+    /// [`Pipeline::cancel`].
+    CancelTag { sink: AnswerSink, tag: u64 },
+    /// [`Client::capabilities`].
+    Capabilities(oneshot::Sender<Result<Capabilities, Error>>),
 }
 
 /// A handle to one client connection. Clones share the connection.
 #[derive(Clone, Debug)]
 pub struct Client {
     calls: mpsc::UnboundedSender<Submit>,
+    /// Calls started and not yet handed to the driver.
+    outbox: Arc<Mutex<Vec<Job>>>,
 }
 
 impl Client {
@@ -117,22 +157,11 @@ impl Client {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (calls, rx) = mpsc::unbounded_channel();
-        let driver = Driver {
-            io,
-            calls: rx,
-            calls_open: true,
-            backlog: VecDeque::new(),
-            pipes: Vec::new(),
-            ids: IdAllocator::new(),
-            responses: ResponseAssembler::new(),
-            waiters: IdMap::default(),
-            codec: FrameCodec::new(),
-            rbuf: BytesMut::new(),
-            wbuf: BytesMut::new(),
-            needs_flush: false,
-        };
-        tokio::spawn(driver.run());
-        Client { calls }
+        tokio::spawn(driver::Driver::new(io, rx).run());
+        Client {
+            calls,
+            outbox: Arc::default(),
+        }
     }
 
     /// Starts building a call of `command`.
@@ -140,21 +169,72 @@ impl Client {
         CallBuilder {
             client: self,
             command: CommandBuilder::new(command),
+            extras: Extras::default(),
         }
     }
 
     /// Sends a prepared command and waits for its response.
     pub async fn send(&self, command: CommandBuilder) -> Result<Response, Error> {
-        let (reply, rx) = oneshot::channel();
+        self.start(command, Extras::default()).await
+    }
+
+    /// Starts a call: queues it to be sent and returns its handle.
+    fn start(&self, command: CommandBuilder, extras: Extras) -> Call {
+        let slot = Slot::new();
+        extras.started();
+        let job = Job {
+            command,
+            extras,
+            slot: Some(slot.clone()),
+            reply: Reply::Handle,
+        };
+        lock(&self.outbox).push(job);
+        Call {
+            slot,
+            client: self.clone(),
+            flushed: false,
+            done: false,
+        }
+    }
+
+    /// Hands every call started on this client (or a clone of it) and not
+    /// yet sent to the connection, in the order they were started. Polling
+    /// any [`Call`] does this too, so a chain started before the first
+    /// await goes out in one batch.
+    pub fn flush(&self) {
+        let jobs = std::mem::take(&mut *lock(&self.outbox));
+        if jobs.is_empty() {
+            return;
+        }
+        if let Err(mpsc::error::SendError(Submit::Jobs(jobs))) = self.calls.send(Submit::Jobs(jobs))
+        {
+            for job in jobs {
+                if let Some(slot) = job.slot {
+                    slot.finish(Err(closed()));
+                }
+            }
+        }
+    }
+
+    /// The extensions the server offers (PROTOCOL.md section 8), asked once
+    /// per connection: the first call here, or the first call that needs an
+    /// extension, sends `@capabilities`; later ones are answered from what
+    /// it said. A server without extensions has none.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), wiremux_engine::client::Error> {
+    /// let client = wiremux_engine::Client::connect("127.0.0.1:7878").await?;
+    /// if client.capabilities().await?.pipelining() {
+    ///     println!("chains take one round trip");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn capabilities(&self) -> Result<Capabilities, Error> {
+        let (tx, rx) = oneshot::channel();
         self.calls
-            .send(Submit::One { command, reply })
+            .send(Submit::Capabilities(tx))
             .map_err(|_| closed())?;
-        rx.await.unwrap_or_else(|_| {
-            Err(lost(
-                io::ErrorKind::ConnectionAborted,
-                "the connection closed before the response",
-            ))
-        })
+        rx.await.unwrap_or_else(|_| Err(closed()))
     }
 
     /// Whether the connection has ended.
@@ -165,146 +245,33 @@ impl Client {
     /// A pipeline on this connection: calls started without waiting, and
     /// their answers on one stream in completion order.
     pub fn pipeline(&self) -> Pipeline {
-        let (sink, answers) = mpsc::unbounded_channel();
-        Pipeline {
-            ready: VecDeque::new(),
-            answers,
-            sink,
-            calls: self.calls.clone(),
-            queued: Vec::new(),
-            in_flight: 0,
-        }
+        Pipeline::new(self.calls.clone())
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn closed() -> Error {
-    lost(io::ErrorKind::NotConnected, "the connection has closed")
+    lost(
+        std::io::ErrorKind::NotConnected,
+        "the connection has closed",
+    )
 }
 
 /// A lost connection of `kind`, with nothing underneath.
-fn lost(kind: io::ErrorKind, message: &str) -> Error {
+fn lost(kind: std::io::ErrorKind, message: &str) -> Error {
     Error::ConnectionLost(Reason::new(kind, message))
 }
 
-/// Many calls on one connection without a future per call.
-///
-/// [`Pipeline::start`] queues a call and returns at once; the queued calls
-/// go to the connection together when [`Pipeline::next`] has to wait for
-/// an answer, or at [`Pipeline::flush`]. `next` yields `(tag, result)` for
-/// each call as its answer arrives, whatever order the calls finish in;
-/// the tag is the caller's own, to match answers to calls. Every started call is
-/// answered exactly once, with an error if the connection is lost.
-/// Dropping the pipeline abandons the calls still out; the connection
-/// stays sound.
-///
-/// Per call this costs much less than [`Client::send`]: no reply channel
-/// and no future per call, one hand-over per batch of calls and one per
-/// batch of answers.
-///
-/// ```no_run
-/// # async fn demo() -> Result<(), wiremux_engine::client::Error> {
-/// use wiremux_engine::proto::builder::CommandBuilder;
-///
-/// let client = wiremux_engine::Client::connect("127.0.0.1:7878").await?;
-/// let mut pipeline = client.pipeline();
-/// for i in 0..100u64 {
-///     pipeline.start(i, CommandBuilder::new("echo").data(i.to_string()))?;
-/// }
-/// while let Some((tag, result)) = pipeline.next().await {
-///     assert_eq!(result?.body, tag.to_string());
-/// }
-/// # Ok(()) }
-/// ```
-#[derive(Debug)]
-pub struct Pipeline {
-    /// Answers received and not yet returned.
-    ready: VecDeque<Answer>,
-    // Declared (so dropped) before `calls`: once the driver sees the call
-    // channel close, it finds this stream closed too.
-    answers: mpsc::UnboundedReceiver<Vec<Answer>>,
-    sink: AnswerSink,
-    calls: mpsc::UnboundedSender<Submit>,
-    /// Started calls not yet handed to the connection.
-    queued: Vec<(u64, CommandBuilder)>,
-    in_flight: usize,
-}
-
-impl Pipeline {
-    /// Starts a call tagged `tag`: queues it to be sent when
-    /// [`Pipeline::next`] waits or at [`Pipeline::flush`]. Fails only if the
-    /// connection has closed; any other failure is the call's answer.
-    pub fn start(&mut self, tag: u64, command: CommandBuilder) -> Result<(), Error> {
-        if self.calls.is_closed() {
-            return Err(closed());
-        }
-        self.queued.push((tag, command));
-        self.in_flight += 1;
-        Ok(())
-    }
-
-    /// Hands the queued calls to the connection now.
-    pub fn flush(&mut self) {
-        if self.queued.is_empty() {
-            return;
-        }
-        let calls = std::mem::take(&mut self.queued);
-        let batch = Submit::Batch {
-            sink: self.sink.clone(),
-            calls,
-        };
-        if let Err(mpsc::error::SendError(Submit::Batch { calls, .. })) = self.calls.send(batch) {
-            // The connection closed after they were started.
-            self.ready
-                .extend(calls.into_iter().map(|(tag, _)| (tag, Err(closed()))));
-        }
-    }
-
-    /// The next answer: `(tag, result)` of a call started here, or `None`
-    /// when none is left to answer. An answer already received comes back
-    /// at once; otherwise the queued calls are sent before waiting, so calls
-    /// started while handling a batch of answers go out together.
-    ///
-    /// Cancel-safe: dropping the future (in a `select!`, say) loses no
-    /// answer.
-    pub async fn next(&mut self) -> Option<Answer> {
-        if self.ready.is_empty() {
-            self.flush();
-        }
-        if self.in_flight == 0 {
-            return None;
-        }
-        if self.ready.is_empty() {
-            // The stream cannot end while this pipeline holds a sender, and
-            // the driver answers every call it was given.
-            let batch = self.answers.recv().await?;
-            self.ready.extend(batch);
-        }
-        let answer = self.ready.pop_front()?;
-        self.in_flight -= 1;
-        Some(answer)
-    }
-
-    /// Calls started and not yet returned by [`Pipeline::next`].
-    pub fn in_flight(&self) -> usize {
-        self.in_flight
-    }
-}
-
-/// A pipeline's answers inside the driver.
-struct Pipe {
-    /// `None` once the pipeline has gone (or the slot is free).
-    sink: Option<AnswerSink>,
-    /// Answers gathered in this round, sent together.
-    out: Vec<Answer>,
-    /// Calls of this pipe not yet answered.
-    waiting: usize,
-}
-
-/// A call being built: arguments and data, then [`CallBuilder::send`].
-#[must_use = "a call does nothing until sent"]
+/// A call being built: arguments, data, what it depends on, then
+/// [`CallBuilder::start`] or [`CallBuilder::send`].
+#[must_use = "a call does nothing until started or sent"]
 pub struct CallBuilder<'a> {
     client: &'a Client,
     command: CommandBuilder,
+    extras: Extras,
 }
 
 impl CallBuilder<'_> {
@@ -320,352 +287,153 @@ impl CallBuilder<'_> {
         self
     }
 
+    /// Runs the call only after `call` has ended (`@after`). If `call`
+    /// fails, this one is not run and fails with the application error
+    /// `dependency N failed`, N being `call`'s request ID.
+    pub fn after(mut self, call: impl Into<CallRef>) -> Self {
+        self.extras.depend(call.into().slot, None);
+        self
+    }
+
+    /// Gives the call the argument `name` set to `call`'s whole response
+    /// body (`@use:NAME`), so it runs after `call`; `call` is sent with
+    /// `@keep` if it has not been sent yet. If `call` fails, this one fails
+    /// as with [`CallBuilder::after`].
+    ///
+    /// Where the server cannot do it (no extensions, or `call` was already
+    /// sent without `@keep`), the client waits for `call`'s answer and
+    /// sends its body as an ordinary argument, which then must fit in
+    /// 65535 bytes.
+    pub fn use_result(mut self, name: impl Into<Bytes>, call: impl Into<CallRef>) -> Self {
+        self.extras.depend(call.into().slot, Some(name.into()));
+        self
+    }
+
+    /// Asks the server to keep the call's body (`@keep`) even if no call
+    /// that uses it is known when it is sent; [`CallBuilder::use_result`]
+    /// does this by itself for calls not yet sent.
+    pub fn keep(mut self) -> Self {
+        self.extras.keep = true;
+        self
+    }
+
+    /// Fails the call with [`Error::TimedOut`] if its answer has not come
+    /// `timeout` after it started. The time left when it is sent goes to
+    /// the server as `@deadline`, so the server stops it too.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.extras.timeout = Some(timeout);
+        self
+    }
+
+    /// Starts the call and returns its handle, which is a future of its
+    /// answer and can be named by later calls. The call is sent when a
+    /// call of this client is first polled, or at [`Client::flush`];
+    /// dropping the handle before its answer cancels the call.
+    pub fn start(self) -> Call {
+        self.client.start(self.command, self.extras)
+    }
+
     /// Sends the call and waits for the response. Dropping the returned
-    /// future abandons the call; the connection stays sound.
+    /// future cancels the call (`@cancel`, where the server offers it);
+    /// the connection stays sound.
     pub async fn send(self) -> Result<Response, Error> {
-        self.client.send(self.command).await
+        self.start().await
     }
 }
 
-/// Owns the connection: writes calls, routes responses.
-struct Driver<IO> {
-    io: IO,
-    calls: mpsc::UnboundedReceiver<Submit>,
-    calls_open: bool,
-    /// Calls waiting for a free request ID.
-    backlog: VecDeque<Call>,
-    /// Pipelines with calls not yet answered, by slot; a slot is reused
-    /// once its pipe has nothing left to answer.
-    pipes: Vec<Pipe>,
-    ids: IdAllocator,
-    responses: ResponseAssembler,
-    waiters: IdMap<Reply>,
-    codec: FrameCodec,
-    rbuf: BytesMut,
-    wbuf: BytesMut,
-    needs_flush: bool,
+/// A started call: a future of its answer, and a name for it that later
+/// calls can depend on ([`CallBuilder::after`], [`CallBuilder::use_result`]).
+///
+/// Dropping it before the answer cancels the call: the client sends
+/// `@cancel` where the server offers it and otherwise discards the
+/// answer. A call that a started call still depends on is not cancelled.
+#[must_use = "dropping a call cancels it"]
+#[derive(Debug)]
+pub struct Call {
+    slot: Arc<Slot>,
+    client: Client,
+    flushed: bool,
+    done: bool,
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
-    async fn run(mut self) {
-        // A bug that panics here must still answer every caller below.
-        let ended = futures::future::poll_fn(|cx| {
-            std::panic::catch_unwind(AssertUnwindSafe(|| self.poll_run(cx))).unwrap_or_else(|_| {
-                Poll::Ready(Ok(lost(
-                    io::ErrorKind::Other,
-                    "the client's connection task failed",
-                )))
-            })
-        })
-        .await;
-        let reason = match ended {
-            Ok(reason) => reason,
-            Err(err) => Error::from(err),
-        };
-        self.calls.close();
-        for (_, waiter) in std::mem::take(&mut self.waiters) {
-            self.answer(waiter, Err(reason.clone()));
-        }
-        while let Ok(submit) = self.calls.try_recv() {
-            self.accept(submit);
-        }
-        while let Some(call) = self.backlog.pop_front() {
-            self.answer(call.reply, Err(reason.clone()));
-        }
-        self.send_answers();
+impl Call {
+    /// The request ID, once the call has been sent.
+    pub fn request_id(&self) -> Option<u16> {
+        self.slot.lock().id
     }
+}
 
-    /// Takes a handle's submission into the backlog.
-    fn accept(&mut self, submit: Submit) {
-        match submit {
-            Submit::One { command, reply } => self.backlog.push_back(Call {
-                command,
-                reply: Reply::Once(reply),
-            }),
-            Submit::Batch { sink, calls } => {
-                let pipe = self.pipe_for(sink);
-                self.pipes[pipe].waiting += calls.len();
-                self.backlog
-                    .extend(calls.into_iter().map(|(tag, command)| Call {
-                        command,
-                        reply: Reply::Tagged { pipe, tag },
-                    }));
-            }
-        }
-    }
+impl Future for Call {
+    type Output = Result<Response, Error>;
 
-    /// The slot of the pipeline whose answers go to `sink`.
-    fn pipe_for(&mut self, sink: AnswerSink) -> usize {
-        let live = |p: &Pipe| p.sink.as_ref().is_some_and(|s| s.same_channel(&sink));
-        if let Some(i) = self.pipes.iter().position(live) {
-            return i;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if !self.flushed {
+            self.flushed = true;
+            self.client.flush();
         }
-        let pipe = Pipe {
-            sink: Some(sink),
-            out: Vec::new(),
-            waiting: 0,
-        };
-        match self
-            .pipes
-            .iter()
-            .position(|p| p.sink.is_none() && p.waiting == 0 && p.out.is_empty())
+        let mut state = self.slot.lock();
+        if let Some(result) = &state.result {
+            let result = result.clone();
+            drop(state);
+            self.done = true;
+            return Poll::Ready(result);
+        }
+        if !state
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
         {
-            Some(i) => {
-                self.pipes[i] = pipe;
-                i
-            }
-            None => {
-                self.pipes.push(pipe);
-                self.pipes.len() - 1
-            }
+            state.waker = Some(cx.waker().clone());
         }
-    }
-
-    /// Gives a call its answer (a pipeline's waits for `send_answers`).
-    fn answer(&mut self, reply: Reply, result: Result<Response, Error>) {
-        match reply {
-            Reply::Once(tx) => {
-                let _ = tx.send(result);
-            }
-            Reply::Tagged { pipe, tag } => {
-                let pipe = &mut self.pipes[pipe];
-                pipe.waiting = pipe.waiting.saturating_sub(1);
-                if pipe.sink.is_some() {
-                    pipe.out.push((tag, result));
-                }
-            }
-        }
-    }
-
-    /// Sends each pipeline the answers gathered for it, in one batch.
-    fn send_answers(&mut self) {
-        for pipe in &mut self.pipes {
-            if pipe.out.is_empty() {
-                continue;
-            }
-            let out = std::mem::take(&mut pipe.out);
-            if pipe.sink.as_ref().is_some_and(|s| s.send(out).is_err()) {
-                pipe.sink = None; // the pipeline has gone
-            }
-            if pipe.waiting == 0 {
-                pipe.sink = None; // nothing left for it: free the slot
-            }
-        }
-    }
-
-    /// Like [`Driver::is_gone`], and wakes this task when a single caller
-    /// goes away later. (A pipeline's stream goes with its handle, which the
-    /// driver notices through the call channel.)
-    fn poll_gone(&self, reply: &mut Reply, cx: &mut Context<'_>) -> bool {
-        match reply {
-            Reply::Once(tx) => tx.poll_closed(cx).is_ready(),
-            Reply::Tagged { .. } => self.is_gone(reply),
-        }
-    }
-
-    /// Runs until the connection ends; the error every pending call gets.
-    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Error>> {
-        for _ in 0..ROUNDS_PER_WAKE {
-            let mut progress = self.take_calls(cx);
-            progress |= self.poll_write(cx)?;
-            let read = self.poll_read(cx)?;
-            self.send_answers();
-            match read {
-                Poll::Ready(Some(end)) => return Poll::Ready(Ok(end)),
-                Poll::Ready(None) => progress = true,
-                Poll::Pending => {}
-            }
-            if !self.calls_open && self.backlog.is_empty() && self.wbuf.is_empty() && {
-                // No handle is left, so no new call can come. Once no caller
-                // waits for an answer either, the connection is of no use:
-                // close it rather than wait for a server that may never
-                // answer. (poll_closed wakes this task when a caller goes.)
-                let mut waiters = std::mem::take(&mut self.waiters);
-                let all_gone = waiters
-                    .values_mut()
-                    .all(|waiter| self.poll_gone(waiter, cx));
-                self.waiters = waiters;
-                all_gone
-            } {
-                let _ = Pin::new(&mut self.io).poll_shutdown(cx);
-                return Poll::Ready(Ok(lost(
-                    io::ErrorKind::NotConnected,
-                    "the client was dropped",
-                )));
-            }
-            if !progress {
-                return Poll::Pending;
-            }
-        }
-        cx.waker().wake_by_ref();
         Poll::Pending
     }
+}
 
-    /// Encodes new calls while request IDs and buffer room last.
-    fn take_calls(&mut self, cx: &mut Context<'_>) -> bool {
-        let mut progress = false;
-        while self.wbuf.len() < WRITE_HIGH_WATER {
-            let call = match self.backlog.pop_front() {
-                Some(call) => call,
-                None if !self.calls_open => break,
-                None => match self.calls.poll_recv(cx) {
-                    Poll::Ready(Some(submit)) => {
-                        self.accept(submit);
-                        continue;
-                    }
-                    Poll::Ready(None) => {
-                        self.calls_open = false;
-                        break;
-                    }
-                    Poll::Pending => break,
-                },
-            };
-            progress = true;
-            if self.is_gone(&call.reply) {
-                // Abandoned before it was sent.
-                self.answer(call.reply, Err(closed()));
-                continue;
-            }
-            let Ok(id) = self.ids.allocate() else {
-                // Every ID is busy: wait for a response to free one.
-                self.backlog.push_front(call);
-                break;
-            };
-            if let Err(err) = call
-                .command
-                .encode(id, self.codec.send_limit(), &mut self.wbuf)
-            {
-                self.ids.release(id);
-                self.answer(call.reply, Err(err.into()));
-                continue;
-            }
-            self.responses.expect(id);
-            self.waiters.insert(id, call.reply);
+impl Drop for Call {
+    fn drop(&mut self) {
+        if self.done {
+            return;
         }
-        progress
-    }
-
-    fn poll_write(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
-        let mut progress = false;
-        while !self.wbuf.is_empty() {
-            match Pin::new(&mut self.io).poll_write(cx, &self.wbuf)? {
-                Poll::Ready(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Poll::Ready(n) => {
-                    self.wbuf.advance(n);
-                    self.needs_flush = true;
-                    progress = true;
-                }
-                Poll::Pending => return Ok(progress),
-            }
+        let mut state = self.slot.lock();
+        if state.result.is_some() {
+            return;
         }
-        if self.needs_flush && Pin::new(&mut self.io).poll_flush(cx)?.is_ready() {
-            self.needs_flush = false;
-        }
-        Ok(progress)
-    }
-
-    /// Reads and routes responses. `Ready(Some(error))`: the connection is
-    /// over; `Ready(None)`: progress; `Pending`: nothing to read.
-    fn poll_read(&mut self, cx: &mut Context<'_>) -> io::Result<Poll<Option<Error>>> {
-        let mut progress = false;
-        loop {
-            match self.codec.decode_frame(&mut self.rbuf) {
-                Ok(Some(frame)) => {
-                    progress = true;
-                    let id = frame.request_id;
-                    if frame.frame_type == FrameType::ERROR_RESPONSE
-                        && frame.flags.contains(Flags::PROTOCOL)
-                    {
-                        // Whatever request it names, the server is closing the connection.
-                        if let Some(waiter) = self.waiters.remove(&id) {
-                            let message = String::from_utf8_lossy(&frame.payload).into();
-                            self.answer(waiter, Err(Error::Protocol(message)));
-                        }
-                        return Ok(Poll::Ready(Some(Error::Protocol(
-                            String::from_utf8_lossy(&frame.payload).into(),
-                        ))));
-                    }
-                    if self.waiters.get(&id).is_some_and(|w| self.is_gone(w)) {
-                        self.responses.discard(id);
-                    }
-                    match self.responses.on_frame(frame) {
-                        Ok(None) => {}
-                        Ok(Some(done)) => {
-                            if let Some(end) = self.complete(done.request_id, done.outcome) {
-                                return Ok(Poll::Ready(Some(end)));
-                            }
-                        }
-                        Err(err) => return Ok(Poll::Ready(Some(invalid(err)))),
-                    }
-                    continue;
-                }
-                Ok(None) => {}
-                Err(err) => {
-                    let message = err.to_string();
-                    let reason = Reason::caused_by(io::ErrorKind::InvalidData, message, err);
-                    return Ok(Poll::Ready(Some(Error::ConnectionLost(reason))));
-                }
-            }
-            self.rbuf.reserve(16 << 10);
-            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)? {
-                Poll::Ready(0) => {
-                    let why = if self.waiters.is_empty() {
-                        "the server closed the connection"
-                    } else {
-                        "the server closed the connection with requests in flight"
-                    };
-                    return Ok(Poll::Ready(Some(lost(io::ErrorKind::UnexpectedEof, why))));
-                }
-                Poll::Ready(_) => progress = true,
-                Poll::Pending => {
-                    return Ok(if progress {
-                        Poll::Ready(None)
-                    } else {
-                        Poll::Pending
-                    })
-                }
-            }
-        }
-    }
-
-    /// Hands a finished response to its caller and frees its ID. A protocol
-    /// error ends the connection: returns the error for everyone.
-    fn complete(&mut self, id: u16, outcome: Outcome) -> Option<Error> {
-        self.ids.release(id);
-        let waiter = self.waiters.remove(&id);
-        let result = match outcome {
-            Outcome::Bytes(body) => Ok(Response {
-                request_id: id,
-                body,
-            }),
-            Outcome::ApplicationError(message) => Err(Error::Application(message)),
-            Outcome::ProtocolError(message) => {
-                let err = Error::Protocol(message);
-                if let Some(waiter) = waiter {
-                    self.answer(waiter, Err(err.clone()));
-                }
-                return Some(err);
-            }
-        };
-        if let Some(waiter) = waiter {
-            self.answer(waiter, result);
-        }
-        None
-    }
-
-    /// Whether the caller of `reply` has gone (without registering a wake-up).
-    fn is_gone(&self, reply: &Reply) -> bool {
-        match reply {
-            Reply::Once(tx) => tx.is_closed(),
-            Reply::Tagged { pipe, .. } => !self.pipes[*pipe]
-                .sink
-                .as_ref()
-                .is_some_and(|s| !s.is_closed()),
+        state.abandoned = true;
+        state.waker = None;
+        // Written and nothing depends on it: the driver cancels it. (Not
+        // written yet: the driver skips it when it comes to it.)
+        let cancel = state.id.is_some() && state.dependents == 0;
+        drop(state);
+        if cancel {
+            let _ = self.client.calls.send(Submit::Abandon(self.slot.clone()));
         }
     }
 }
 
-fn invalid(err: ClientError) -> Error {
-    let message = format!("invalid response from the server: {err}");
-    Error::ConnectionLost(Reason::caused_by(io::ErrorKind::InvalidData, message, err))
+/// A name for a started call, for calls that depend on it: from a
+/// [`Call`] (`&call`) or from [`PipelineCall::start`].
+#[derive(Debug, Clone)]
+pub struct CallRef {
+    slot: Arc<Slot>,
+}
+
+impl CallRef {
+    /// The request ID, once the call has been sent.
+    pub fn request_id(&self) -> Option<u16> {
+        self.slot.lock().id
+    }
+}
+
+impl From<&Call> for CallRef {
+    fn from(call: &Call) -> CallRef {
+        CallRef {
+            slot: call.slot.clone(),
+        }
+    }
+}
+
+impl From<&CallRef> for CallRef {
+    fn from(call: &CallRef) -> CallRef {
+        call.clone()
+    }
 }
