@@ -137,17 +137,13 @@ impl IdAllocator {
         if !self.is_active(id) {
             return;
         }
-        if let Some(pin) = self.pins.get_mut(&id) {
-            pin.count += 1;
-        } else if !self.pins.contains_key(&id) {
-            self.pins.insert(
-                id,
-                Pin {
-                    count: 1,
-                    released: false,
-                },
-            );
-        }
+        self.pins
+            .entry(id)
+            .or_insert(Pin {
+                count: 0,
+                released: false,
+            })
+            .count += 1;
     }
 
     /// A request that named `id` has ended. Once nothing names `id` and its

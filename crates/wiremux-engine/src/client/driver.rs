@@ -574,12 +574,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
                     Poll::Pending => break,
                 },
             };
-            progress = true;
             if let Tried::NoId(p) = self.try_send(p) {
                 // Every ID is busy: wait for a response to free one.
                 self.queue.push_front(p);
                 break;
             }
+            progress = true;
         }
         progress
     }
@@ -621,7 +621,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
             Caps::Known(caps) => Some((caps.after(), caps.pipelining(), caps.deadline())),
             _ => None,
         };
-        let mut wait_caps = p.job.extras.timeout.is_some() || p.job.extras.keep;
+        let keep_asked = p.job.slot.as_ref().is_some_and(|s| s.lock().keep);
+        let mut wait_caps = p.job.extras.timeout.is_some() || p.job.extras.keep || keep_asked;
         let mut after: Vec<u16> = Vec::new();
         let mut uses = Vec::new();
         let mut subs = Vec::new();
