@@ -31,7 +31,7 @@ enum Command {
     /// Send human-syntax frames to a server and print what comes back.
     Send(send::Args),
     /// Load-test a server (an embedded one by default) and report.
-    Load(load::Args),
+    Load(Box<load::Args>),
 }
 
 /// An error for the user: printed as one line, exit code 1.
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
         Command::Reflect(args) => reflect::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Send(args) => send::run(args),
-        Command::Load(args) => load::run(args),
+        Command::Load(args) => load::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -696,3 +696,122 @@ fn merging_a_run_split_in_two_gives_back_its_percentiles() {
         stderr(&out)
     );
 }
+
+#[test]
+fn stepped_open_loop_reports_each_step_and_names_the_knee() {
+    let out = load(&[
+        "--rate",
+        "200..600",
+        "--steps",
+        "3",
+        "--step-duration",
+        "500ms",
+        "--warmup",
+        "0s",
+        "--connections",
+        "2",
+        "--mix",
+        "echo",
+        "--slo",
+        "p99=10s",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["rates"], serde_json::json!([200.0, 400.0, 600.0]));
+    let steps = v["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3);
+    for (step, rate) in steps.iter().zip([200u64, 400, 600]) {
+        assert_eq!(step["rate"], rate as f64);
+        // Half a second of each rate: the schedule sets the count.
+        let n = step["run"]["responses"].as_u64().unwrap();
+        assert!(n.abs_diff(rate / 2) <= 2, "{n} responses at {rate}/s");
+        assert_eq!(step["run"]["clean"], true);
+    }
+    // An objective of 10 s is met by every step: the knee is the last.
+    assert_eq!(v["knee"], 600.0);
+    let out = load(&[
+        "--rate",
+        "200..400",
+        "--steps",
+        "2",
+        "--step-duration",
+        "300ms",
+        "--warmup",
+        "0s",
+        "--mix",
+        "echo",
+        "--slo",
+        "p99=1us",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("objective p99=1 µs"), "{text}");
+    assert!(text.contains("missed: p99 "), "{text}");
+    assert!(
+        text.contains("knee          no step met the objective"),
+        "{text}"
+    );
+    let out = load(&["--rate", "400..200"]);
+    assert_eq!(
+        stderr(&out),
+        "wiremux: --rate 400..200: the last rate must be above the first\n"
+    );
+}
+
+#[test]
+fn generator_threads_share_the_connections_and_report_how_busy_they_were() {
+    let mut serve = common::Serve::start(&["--listen", "127.0.0.1:0"]);
+    let out = load(&[
+        "--connect",
+        &serve.listening,
+        "--requests",
+        "3000",
+        "--warmup",
+        "0s",
+        "--connections",
+        "3",
+        "--threads",
+        "2",
+        "--json",
+    ]);
+    serve.kill();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["responses"], 3000);
+    assert_eq!(v["generator"]["threads"], 2);
+    let busy = v["generator"]["busy"].as_array().unwrap();
+    assert_eq!(busy.len(), 2);
+    for b in busy {
+        assert!((0.0..=1.0).contains(&b.as_f64().unwrap()), "{b}");
+    }
+    assert!(v["generator"]["cpu_us_per_request"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn rtt_puts_a_relay_in_the_way() {
+    let out = load(&[
+        "--rtt",
+        "40ms",
+        "--requests",
+        "20",
+        "--warmup",
+        "0s",
+        "--connections",
+        "1",
+        "--inflight",
+        "1",
+        "--mix",
+        "echo",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["responses"], 20);
+    // (The relay's delays are tested with paused time in its unit test.)
+    assert_eq!(v["clean"], true);
+    assert!(v["shape"]
+        .as_str()
+        .unwrap()
+        .ends_with("through a relay adding 40ms to each round trip"));
+}

@@ -9,8 +9,10 @@
 //! open loop, on its thread's dispatcher) and writes whatever is buffered
 //! whenever the socket takes it, so reading never waits behind writing.
 
+use super::mix::Entry;
 use super::requests::{self, Link};
 use super::run::{failure, Measured, Shared};
+use bytes::Buf;
 use bytes::BytesMut;
 use std::collections::VecDeque;
 use std::io;
@@ -19,8 +21,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use tokio::io::Interest;
 use tokio::sync::Notify;
-use wiremux_proto::client::{IdAllocator, Outcome, ResponseAssembler};
-use wiremux_proto::FrameCodec;
+use wiremux_proto::{Flags, FrameType, Header, HEADER_LEN};
 
 /// How long a connection waits for any answer, once the run is over,
 /// before it counts what is still out as lost.
@@ -61,14 +62,14 @@ impl Stream {
 
 /// A request (or a whole chain) while it is out.
 #[derive(Clone, Copy)]
-struct Call {
-    seq: u64,
-    entry: usize,
+pub struct Call {
+    pub seq: u64,
+    pub entry: usize,
     /// When it was due (open loop) or started (closed loop).
-    due: Instant,
+    pub due: Instant,
     /// When its first bytes went into the write buffer.
-    sent: Instant,
-    measured: bool,
+    pub sent: Instant,
+    pub measured: bool,
 }
 
 /// What a request ID is out for.
@@ -145,9 +146,10 @@ pub struct Conn {
     shared: Rc<Shared>,
     /// Woken by the dispatcher (open loop) and at the end of the run.
     pub notify: Rc<Notify>,
-    ids: IdAllocator,
-    assembler: ResponseAssembler,
-    codec: FrameCodec,
+    /// Free request IDs; the next one is at the end.
+    free_ids: Vec<u16>,
+    /// Bodies of multi-frame answers so far, by request ID.
+    partial: Vec<Option<Vec<u8>>>,
     slots: Vec<Slot>,
     chains: Vec<Option<Chain>>,
     free_chains: Vec<usize>,
@@ -166,9 +168,8 @@ impl Conn {
             stream,
             shared,
             notify,
-            ids: IdAllocator::new(),
-            assembler: ResponseAssembler::new(),
-            codec: FrameCodec::new(),
+            free_ids: (0..1u16 << 15).rev().map(|i| 2 * i + 1).collect(),
+            partial: (0..1 << 15).map(|_| None).collect(),
             slots: (0..1 << 15).map(|_| Slot::Free).collect(),
             chains: Vec::new(),
             free_chains: Vec::new(),
@@ -269,6 +270,9 @@ impl Conn {
                 Some(Ok(_)) => {}
             }
         }
+        if self.m.per_command.len() == 1 {
+            self.m.per_command[0] = self.m.all.clone();
+        }
         self.m
     }
 
@@ -318,12 +322,11 @@ impl Conn {
             sent: now,
             measured,
         };
-        if let Some(len) = requests::chain_len(&shared.plan.mix.entries()[entry]) {
+        if let Some(len) = shared.templates[entry].chain {
             self.start_chain(call, len);
         } else {
-            let id = self.ids.allocate().expect("the window fits the ID space");
+            let id = self.free_ids.pop().expect("the window fits the ID space");
             shared.templates[entry].write(id, seq, shared.plan.payload, &mut self.wbuf);
-            self.assembler.expect(id);
             self.slots[usize::from(id >> 1)] = Slot::Call(call);
         }
         self.in_flight += 1;
@@ -340,13 +343,12 @@ impl Conn {
         let mut ids = Vec::with_capacity(len);
         let links = if pipelined { len } else { 1 };
         for index in 0..links {
-            let id = self.ids.allocate().expect("the window fits the ID space");
+            let id = self.free_ids.pop().expect("the window fits the ID space");
             let a = match ids.last() {
                 Some(&previous) => Link::Use(previous),
                 None => Link::Value(start),
             };
             requests::write_link(a, pipelined && index + 1 < len, id, &mut self.wbuf);
-            self.assembler.expect(id);
             self.slots[usize::from(id >> 1)] = Slot::Link { chain, index };
             ids.push(id);
         }
@@ -383,96 +385,154 @@ impl Conn {
         self.frames()
     }
 
+    /// Handles every whole frame at the front of the read buffer. Headers
+    /// are parsed in place; a one-frame answer is checked where it lies,
+    /// without a copy; longer answers are gathered per request ID.
     fn frames(&mut self) -> Result<(), String> {
         let now = Instant::now();
+        let rbuf = std::mem::take(&mut self.rbuf);
+        let mut at = 0;
+        let mut result = Ok(());
         let mut done = 0;
-        while let Some(frame) = self
-            .codec
-            .decode_frame(&mut self.rbuf)
-            .map_err(|e| format!("bad frame from the server: {e}"))?
-        {
-            let response = match self.assembler.on_frame(frame) {
-                Ok(Some(response)) => response,
-                Ok(None) => continue,
-                Err(e) => {
-                    self.m.errors[failure::MISMATCH] += 1;
-                    return Err(format!("unexpected frame from the server: {e}"));
-                }
-            };
-            let id = response.request_id;
-            let slot = std::mem::replace(&mut self.slots[usize::from(id >> 1)], Slot::Free);
-            match slot {
-                Slot::Free => {
-                    self.m.duplicates += 1;
-                }
-                Slot::Call(call) => {
-                    self.ids.release(id);
-                    let entry = &self.shared.plan.mix.entries()[call.entry];
-                    let verdict = match response.outcome {
-                        Outcome::Bytes(body) => {
-                            match requests::check(entry, call.seq, self.shared.plan.payload, &body)
-                            {
-                                Ok(()) => Verdict::Ok(body.len()),
-                                Err(why) => Verdict::Mismatch(why),
-                            }
-                        }
-                        Outcome::ApplicationError(message)
-                            if requests::expected_error(entry, &message) =>
-                        {
-                            Verdict::Expected
-                        }
-                        Outcome::ApplicationError(message) => Verdict::Application(format!(
-                            "{}: the server answered `{message}`",
-                            entry.label()
-                        )),
-                        Outcome::ProtocolError(message) => Verdict::Protocol(message),
-                    };
-                    done += 1;
-                    self.complete(call, verdict, now);
-                }
-                Slot::Link { chain, index } => {
-                    if let Some(verdict) = self.on_link(chain, index, response.outcome) {
-                        done += 1;
-                        let c = self.chains[chain].take().expect("chain in flight");
-                        for id in &c.ids {
-                            self.ids.release(*id);
-                        }
-                        self.free_chains.push(chain);
-                        self.complete(c.call, verdict, now);
-                    }
+        while rbuf.len() - at >= HEADER_LEN {
+            let head: &[u8; HEADER_LEN] = rbuf[at..at + HEADER_LEN].try_into().expect("6 bytes");
+            let header = Header::parse(head);
+            let end = at + HEADER_LEN + header.length;
+            if end > rbuf.len() {
+                break;
+            }
+            match self.on_frame(header, &rbuf[at + HEADER_LEN..end], now) {
+                Ok(finished) => done += u64::from(finished),
+                Err(why) => {
+                    result = Err(why);
+                    break;
                 }
             }
-            if let Some(fatal) = &self.m.fatal {
-                return Err(fatal.clone());
-            }
+            at = end;
         }
+        self.rbuf = rbuf;
+        self.rbuf.advance(at);
         if done > 0 {
             self.shared.live.completed.fetch_add(done, Relaxed);
         }
-        Ok(())
+        result?;
+        match &self.m.fatal {
+            Some(fatal) => Err(fatal.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// One frame from the server; true when it finished a mix item.
+    fn on_frame(&mut self, header: Header, payload: &[u8], now: Instant) -> Result<bool, String> {
+        let id = header.request_id;
+        let index = usize::from(id >> 1);
+        let unexpected = |what: &str| {
+            format!(
+                "unexpected frame from the server: request {id}: {} frame {what}",
+                header.frame_type
+            )
+        };
+        if id % 2 == 0 || matches!(self.slots[index], Slot::Free) {
+            self.m.errors[failure::MISMATCH] += 1;
+            return Err(unexpected("for a request this client is not waiting on"));
+        }
+        let gathered;
+        let answer = match header.frame_type {
+            FrameType::BYTES_RESPONSE => match header.flags.bits() {
+                Flags::CONTINUATION => {
+                    self.partial[index]
+                        .get_or_insert_with(Vec::new)
+                        .extend_from_slice(payload);
+                    return Ok(false);
+                }
+                Flags::DATA_EOS => match self.partial[index].take() {
+                    None => Answer::Bytes(payload),
+                    Some(mut body) => {
+                        body.extend_from_slice(payload);
+                        gathered = body;
+                        Answer::Bytes(&gathered)
+                    }
+                },
+                _ => {
+                    self.m.errors[failure::MISMATCH] += 1;
+                    return Err(unexpected(
+                        "with flags other than one of continuation or eos",
+                    ));
+                }
+            },
+            FrameType::ERROR_RESPONSE => {
+                self.partial[index] = None;
+                let message = String::from_utf8_lossy(payload).into_owned();
+                if header.flags.contains(Flags::PROTOCOL) {
+                    Answer::Protocol(message)
+                } else {
+                    Answer::Application(message)
+                }
+            }
+            _ => {
+                self.m.errors[failure::MISMATCH] += 1;
+                return Err(unexpected("(a server does not send those)"));
+            }
+        };
+        let slot = std::mem::replace(&mut self.slots[index], Slot::Free);
+        match slot {
+            Slot::Free => unreachable!("checked above"),
+            Slot::Call(call) => {
+                self.free_ids.push(id);
+                let verdict = match answer {
+                    Answer::Bytes(body) if self.shared.templates[call.entry].echo => {
+                        if self.shared.templates[call.entry].echoed(call.seq, body) {
+                            Verdict::Ok(body.len())
+                        } else {
+                            Verdict::Mismatch(format!(
+                                "wrong response to echo (request number {}): {} bytes",
+                                call.seq,
+                                body.len()
+                            ))
+                        }
+                    }
+                    answer => {
+                        let entry = &self.shared.plan.mix.entries()[call.entry];
+                        verdict_of(entry, call.seq, self.shared.plan.payload, answer)
+                    }
+                };
+                self.complete(call, verdict, now);
+                Ok(true)
+            }
+            Slot::Link { chain, index } => {
+                let Some(verdict) = self.on_link(chain, index, answer) else {
+                    return Ok(false);
+                };
+                let c = self.chains[chain].take().expect("chain in flight");
+                self.free_ids.extend(c.ids.iter().rev());
+                self.free_chains.push(chain);
+                self.complete(c.call, verdict, now);
+                Ok(true)
+            }
+        }
     }
 
     /// One link of a chain answered; the chain's verdict once it is over.
-    fn on_link(&mut self, chain: usize, index: usize, outcome: Outcome) -> Option<Verdict> {
+    fn on_link(&mut self, chain: usize, index: usize, answer: Answer<'_>) -> Option<Verdict> {
         let c = self.chains[chain].as_mut().expect("chain in flight");
         c.answered += 1;
         let label = || format!("chain(len={}) link {}", c.len, index + 1);
         let want = requests::chain_value(c.start, index);
-        match outcome {
-            Outcome::Bytes(body) if body == want.to_string().as_bytes() => {}
-            Outcome::Bytes(body) => {
+        match answer {
+            Answer::Bytes(body) if body == want.to_string().as_bytes() => {}
+            Answer::Bytes(body) => {
                 let why = format!(
                     "wrong response to {}: `{}`, expected {want}",
                     label(),
-                    String::from_utf8_lossy(&body)
+                    String::from_utf8_lossy(body)
                 );
                 c.failed.get_or_insert(why);
             }
-            Outcome::ApplicationError(message) => {
+            Answer::Application(message) => {
                 let why = format!("{}: the server answered `{message}`", label());
                 c.unexpected.get_or_insert(why);
             }
-            Outcome::ProtocolError(message) => return Some(Verdict::Protocol(message)),
+            Answer::Protocol(message) => return Some(Verdict::Protocol(message)),
         }
         let pipelined = !self.shared.plan.sequential_chains;
         let finished = if pipelined {
@@ -483,9 +543,8 @@ impl Conn {
         if !finished {
             if !pipelined {
                 // Link by link: the next one carries the value itself.
-                let id = self.ids.allocate().expect("the window fits the ID space");
+                let id = self.free_ids.pop().expect("the window fits the ID space");
                 requests::write_link(Link::Value(want), false, id, &mut self.wbuf);
-                self.assembler.expect(id);
                 self.slots[usize::from(id >> 1)] = Slot::Link {
                     chain,
                     index: c.next,
@@ -505,79 +564,129 @@ impl Conn {
     /// Books a finished request (or chain).
     fn complete(&mut self, call: Call, verdict: Verdict, now: Instant) {
         self.in_flight -= 1;
-        let Some(overtaken) = self.outstanding.remove(call.seq) else {
-            self.m.duplicates += 1;
-            return;
-        };
-        if !call.measured {
-            if let Verdict::Protocol(message) = verdict {
-                self.m
-                    .fatal
-                    .get_or_insert(format!("protocol error from the server: {message}"));
-            }
-            return;
+        book(
+            &mut self.m,
+            &self.shared,
+            &mut self.outstanding,
+            call,
+            verdict,
+            now,
+        );
+    }
+}
+
+/// What a plain request's answer says.
+pub fn verdict_of(entry: &Entry, seq: u64, payload: usize, answer: Answer<'_>) -> Verdict {
+    match answer {
+        Answer::Bytes(body) => match requests::check(entry, seq, payload, body) {
+            Ok(()) => Verdict::Ok(body.len()),
+            Err(why) => Verdict::Mismatch(why),
+        },
+        Answer::Application(message) if requests::expected_error(entry, &message) => {
+            Verdict::Expected
         }
-        let m = &mut self.m;
-        m.answered += 1;
-        if overtaken > 0 {
-            m.overtook += 1;
-            m.overtaken_sum += overtaken;
-            m.overtaken_max = m.overtaken_max.max(overtaken);
+        Answer::Application(message) => Verdict::Application(format!(
+            "{}: the server answered `{message}`",
+            entry.label()
+        )),
+        Answer::Protocol(message) => Verdict::Protocol(message),
+    }
+}
+
+/// A whole answer from the server.
+pub enum Answer<'a> {
+    /// A bytes response's body.
+    Bytes(&'a [u8]),
+    /// An application error's message.
+    Application(String),
+    /// A protocol error's message.
+    Protocol(String),
+}
+
+/// Books a finished request (or chain) into `m`.
+pub fn book(
+    m: &mut Measured,
+    shared: &Shared,
+    outstanding: &mut Outstanding,
+    call: Call,
+    verdict: Verdict,
+    now: Instant,
+) {
+    let Some(overtaken) = outstanding.remove(call.seq) else {
+        m.duplicates += 1;
+        return;
+    };
+    if !call.measured {
+        if let Verdict::Protocol(message) = verdict {
+            m.fatal
+                .get_or_insert(format!("protocol error from the server: {message}"));
         }
-        let bytes = match verdict {
-            Verdict::Ok(body) => {
-                let sent = if self.shared.plan.mix.entries()[call.entry].name == "echo" {
-                    self.shared.plan.payload
-                } else {
-                    0
-                };
-                (sent + body) as u64
-            }
-            Verdict::Expected => {
-                m.expected_errors += 1;
+        return;
+    }
+    m.answered += 1;
+    if overtaken > 0 {
+        m.overtook += 1;
+        m.overtaken_sum += overtaken;
+        m.overtaken_max = m.overtaken_max.max(overtaken);
+    }
+    let bytes = match verdict {
+        Verdict::Ok(body) => {
+            let sent = if shared.templates[call.entry].echo {
+                shared.plan.payload
+            } else {
                 0
-            }
-            Verdict::Application(why) => {
-                m.errors[failure::APPLICATION] += 1;
-                m.first_error.get_or_insert(why);
-                return;
-            }
-            Verdict::Mismatch(why) => {
-                m.errors[failure::MISMATCH] += 1;
-                m.first_error.get_or_insert(why);
-                return;
-            }
-            Verdict::Protocol(message) => {
-                m.errors[failure::PROTOCOL] += 1;
-                m.fatal
-                    .get_or_insert(format!("protocol error from the server: {message}"));
-                return;
-            }
-        };
-        m.ok += 1;
-        m.bytes += bytes;
-        let total = micros(now.saturating_duration_since(call.due));
+            };
+            (sent + body) as u64
+        }
+        Verdict::Expected => {
+            m.expected_errors += 1;
+            0
+        }
+        Verdict::Application(why) => {
+            m.errors[failure::APPLICATION] += 1;
+            m.first_error.get_or_insert(why);
+            return;
+        }
+        Verdict::Mismatch(why) => {
+            m.errors[failure::MISMATCH] += 1;
+            m.first_error.get_or_insert(why);
+            return;
+        }
+        Verdict::Protocol(message) => {
+            m.errors[failure::PROTOCOL] += 1;
+            m.fatal
+                .get_or_insert(format!("protocol error from the server: {message}"));
+            return;
+        }
+    };
+    m.ok += 1;
+    m.bytes += bytes;
+    let total = micros(now.saturating_duration_since(call.due));
+    if m.per_command.len() > 1 {
+        // (With one command, its histogram is `all`, copied at the end.)
         m.per_command[call.entry].saturating_record(total);
-        m.all.saturating_record(total);
+    }
+    m.all.saturating_record(total);
+    if shared.plan.rate.is_some() {
+        // Closed loop, a request is sent when it is due: nothing to split.
         m.wire
             .saturating_record(micros(now.saturating_duration_since(call.sent)));
         m.queued
             .saturating_record(micros(call.sent.saturating_duration_since(call.due)));
-        // By the second the request was due in, so the last second holds
-        // what was started in it, not only the stragglers of the end.
-        let second = call
-            .due
-            .saturating_duration_since(self.shared.measure_from)
-            .as_secs() as usize;
-        while m.timeline.len() <= second {
-            m.timeline.push(super::run::histogram());
-        }
-        m.timeline[second].saturating_record(total);
     }
+    // By the second the request was due in, so the last second holds
+    // what was started in it, not only the stragglers of the end.
+    let second = call
+        .due
+        .saturating_duration_since(shared.measure_from)
+        .as_secs() as usize;
+    while m.timeline.len() <= second {
+        m.timeline.push(super::run::histogram());
+    }
+    m.timeline[second].saturating_record(total);
 }
-
 /// How one request ended.
-enum Verdict {
+pub enum Verdict {
     /// A correct answer with a body of this many bytes.
     Ok(usize),
     /// The application error the mix expected.

@@ -12,9 +12,11 @@ mod histo;
 mod merge;
 mod mix;
 mod plot;
+mod relay;
 mod report;
 mod requests;
 mod run;
+mod steps;
 
 use crate::CliResult;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -92,6 +94,25 @@ pub struct Args {
     /// and compare.
     #[arg(long, conflicts_with_all = ["connect", "unix"])]
     compare_in_order: bool,
+    /// Stepped open loop (with `--rate FROM..TO`): how many rates.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=100))]
+    steps: u64,
+    /// Stepped open loop: how long each rate is measured.
+    #[arg(long, value_name = "TIME", default_value = "5s", value_parser = parse_duration)]
+    step_duration: Duration,
+    /// Stepped open loop: the latency objective, e.g. `p99=2ms` or
+    /// `p50=500us,p99.9=10ms`; the report names the highest rate that
+    /// meets it.
+    #[arg(long, value_name = "SPEC", value_parser = steps::parse_slo)]
+    slo: Option<steps::Slo>,
+    /// Reach the target through an in-process relay that delays each
+    /// direction by half of this round trip.
+    #[arg(long, value_name = "TIME", value_parser = parse_duration)]
+    rtt: Option<Duration>,
+    /// Run twice: chains pipelined (`@use`, all links at once), then link
+    /// by link (each after the previous answer), and compare.
+    #[arg(long, conflicts_with = "compare_in_order")]
+    compare_round_trips: bool,
     /// Do not load anything: merge the `--json` documents of generators
     /// that ran at the same time into one report.
     #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with_all = ["connect", "unix", "compare_in_order", "rate", "requests", "duration"])]
@@ -164,7 +185,32 @@ impl ReportFile {
 
 pub fn run(args: Args) -> CliResult {
     let mix = Mix::parse(&args.mix)?;
-    let rate = args.rate.as_deref().map(parse_rate).transpose()?;
+    let rate = match args.rate.as_deref() {
+        None => Rate::Closed,
+        Some(text) => match text.split_once("..") {
+            Some((from, to)) => {
+                let (from, to) = (parse_rate(from)?, parse_rate(to)?);
+                if to <= from {
+                    return Err(format!(
+                        "--rate {text}: the last rate must be above the first"
+                    ));
+                }
+                Rate::Steps {
+                    from,
+                    to,
+                    steps: args.steps as usize,
+                }
+            }
+            None => Rate::Fixed(parse_rate(text)?),
+        },
+    };
+    if matches!(rate, Rate::Steps { .. })
+        && (args.report.is_some() || args.compare_in_order || args.compare_round_trips)
+    {
+        return Err(
+            "a stepped --rate FROM..TO cannot be combined with --report or a comparison".into(),
+        );
+    }
     if args.duration == Some(Duration::ZERO) {
         return Err("--duration must be longer than 0".into());
     }
@@ -186,7 +232,13 @@ pub fn run(args: Args) -> CliResult {
         .transpose()?;
     if !args.merge.is_empty() {
         let (ctx, outcome) = merge::merge(&args.merge)?;
-        return finish(&args, report.as_ref(), &ctx, &[("merged", outcome)]);
+        return finish(
+            &args,
+            report.as_ref(),
+            &ctx,
+            &[("merged", outcome)],
+            Comparison::None,
+        );
     }
     let result = load(&args, mix, rate, duration, report.as_ref());
     if result.is_err() {
@@ -202,7 +254,7 @@ pub fn run(args: Args) -> CliResult {
 fn load(
     args: &Args,
     mix: Mix,
-    rate: Option<f64>,
+    rate: Rate,
     duration: Option<Duration>,
     report: Option<&ReportFile>,
 ) -> CliResult {
@@ -214,6 +266,12 @@ fn load(
             std::thread::available_parallelism().map_or(1, |n| n.get())
         }
     });
+    let has_chains = mix.max_chain_len() > 0;
+    if args.compare_round_trips && !has_chains {
+        return Err(
+            "--compare-round-trips needs a chain in the mix, e.g. --mix 'chain(len=8)'".into(),
+        );
+    }
     let mut plan = Plan {
         target: Target::Tcp(String::new()),
         connections: args.connections as usize,
@@ -221,13 +279,29 @@ fn load(
         duration,
         requests: args.requests,
         warmup: args.warmup,
-        rate,
+        rate: rate.first(),
         mix,
         payload: args.payload,
         threads,
         sequential_chains: false,
     };
-    let shape = shape(&plan);
+    if matches!(rate, Rate::Steps { .. }) {
+        plan.duration = Some(args.step_duration);
+        plan.requests = None;
+    }
+    let mut shape = shape(&plan);
+    if let Rate::Steps { .. } = rate {
+        shape = shape.replacen(
+            &format!("open loop at {} requests/s", rate.first().unwrap_or(0.0)),
+            "open loop, each step",
+            1,
+        );
+    }
+    if let Some(rtt) = args.rtt {
+        shape.push_str(&format!(
+            "; through a relay adding {rtt:?} to each round trip"
+        ));
+    }
     let workload = format!("mix {}; echo payload {} bytes", plan.mix, plan.payload);
     let commands: Vec<String> = plan.mix.entries().iter().map(mix::Entry::label).collect();
     let show_progress = !args.json && std::io::stdout().is_terminal();
@@ -237,33 +311,21 @@ fn load(
         shape,
         workload,
         commands,
-        rate,
+        rate: plan.rate,
         generator,
     };
-
-    if embedded {
-        let first = loaded(&mut plan, false, show_progress, "out of order")?;
-        if !args.compare_in_order {
-            return finish(args, report, &ctx, &[("wiremux", first)]);
-        }
-        let second = loaded(&mut plan, true, show_progress, "in order")?;
-        return finish(
-            args,
-            report,
-            &ctx,
-            &[("out of order", first), ("in order", second)],
-        );
+    if !embedded {
+        let (target, label) = match (&args.connect, &args.unix) {
+            (Some(addr), _) => (Target::Tcp(addr.clone()), addr.clone()),
+            (_, Some(path)) => (Target::Unix(path.clone()), path.display().to_string()),
+            _ => unreachable!("not embedded"),
+        };
+        plan.target = target;
+        ctx.target = label;
     }
-    let (target, label) = match (&args.connect, &args.unix) {
-        (Some(addr), _) => (Target::Tcp(addr.clone()), addr.clone()),
-        (_, Some(path)) => (Target::Unix(path.clone()), path.display().to_string()),
-        _ => unreachable!("embedded handled above"),
-    };
-    plan.target = target;
-    ctx.target = label;
     // TLS: the generator talks plaintext to a relay that holds the TLS
     // connections (kept until the run ends).
-    let _relay = match crate::tls::client_config(args.tls, args.ca.as_deref(), args.insecure)? {
+    let _tls_relay = match crate::tls::client_config(args.tls, args.ca.as_deref(), args.insecure)? {
         Some(config) => {
             let addr = args.connect.as_deref().unwrap_or_default();
             let relay = crate::tls::TlsRelay::start(addr, &crate::tls::host_of(addr), config)?;
@@ -273,8 +335,90 @@ fn load(
         }
         None => None,
     };
-    let outcome = drive(&plan, show_progress, "")?;
-    finish(args, report, &ctx, &[("wiremux", outcome)])
+    let server = embedded.then(|| Embedded::start(false)).transpose()?;
+    if let Some(server) = &server {
+        plan.target = Target::Tcp(server.addr.to_string());
+    }
+    let _relay = match (args.rtt, &plan.target) {
+        (None, _) => None,
+        (Some(rtt), Target::Tcp(addr)) => {
+            let relay = relay::start(addr, rtt)?;
+            plan.target = Target::Tcp(relay.addr.to_string());
+            Some(relay)
+        }
+        (Some(_), Target::Unix(_)) => return Err("--rtt works over TCP only".into()),
+    };
+    if let Rate::Steps { from, to, steps } = rate {
+        let step = steps::Steps {
+            rates: steps::rates(from, to, steps),
+            duration: args.step_duration,
+            slo: args.slo.clone().unwrap_or_default(),
+        };
+        let result = steps::run(&plan, &step, &ctx, |plan| {
+            measure(plan, server.as_ref(), show_progress, "step")
+        });
+        return steps::finish(args.json, &ctx, &step, result);
+    }
+    let first = measure(&plan, server.as_ref(), show_progress, "")?;
+    if args.compare_round_trips {
+        plan.sequential_chains = true;
+        let second = measure(&plan, server.as_ref(), show_progress, "round trips")?;
+        return finish(
+            args,
+            report,
+            &ctx,
+            &[("pipelined", first), ("link by link", second)],
+            Comparison::RoundTrips,
+        );
+    }
+    if !args.compare_in_order {
+        return finish(args, report, &ctx, &[("wiremux", first)], Comparison::None);
+    }
+    drop(server);
+    let in_order = Embedded::start(true)?;
+    plan.target = Target::Tcp(in_order.addr.to_string());
+    let _relay = match args.rtt {
+        Some(rtt) => {
+            let relay = relay::start(&in_order.addr.to_string(), rtt)?;
+            plan.target = Target::Tcp(relay.addr.to_string());
+            Some(relay)
+        }
+        None => None,
+    };
+    let second = measure(&plan, Some(&in_order), show_progress, "in order")?;
+    finish(
+        args,
+        report,
+        &ctx,
+        &[("out of order", first), ("in order", second)],
+        Comparison::InOrder,
+    )
+}
+
+/// What a two-run report compares.
+#[derive(Clone, Copy)]
+enum Comparison {
+    None,
+    InOrder,
+    RoundTrips,
+}
+
+/// A rate: one, or steps from one to another.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Rate {
+    Closed,
+    Fixed(f64),
+    Steps { from: f64, to: f64, steps: usize },
+}
+
+impl Rate {
+    fn first(self) -> Option<f64> {
+        match self {
+            Rate::Closed => None,
+            Rate::Fixed(r) => Some(r),
+            Rate::Steps { from, .. } => Some(from),
+        }
+    }
 }
 
 fn host_name() -> String {
@@ -313,39 +457,67 @@ fn shape(plan: &Plan) -> String {
 /// The name of the embedded server's threads (for their CPU time).
 const SERVER_THREAD: &str = "wiremux-server";
 
-/// Starts the embedded server (in order or not) and runs the plan on it.
-fn loaded(plan: &mut Plan, in_order: bool, progress: bool, label: &str) -> Result<Outcome, String> {
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name(SERVER_THREAD)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let server = Server::builder()
-        .registry(demo::registry())
-        .config(Config {
-            in_order,
-            max_executing: 32768,
-            ..Config::default()
+/// The embedded server, on its own runtime; stops when dropped.
+struct Embedded {
+    addr: std::net::SocketAddr,
+    server: Server,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Embedded {
+    /// Starts the demo server (in order or not) on a loopback port.
+    fn start(in_order: bool) -> Result<Embedded, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(SERVER_THREAD)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the runtime: {e}"))?;
+        let server = Server::builder()
+            .registry(demo::registry())
+            .config(Config {
+                in_order,
+                max_executing: 32768,
+                ..Config::default()
+            })
+            .build();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .map_err(|e| format!("cannot start the embedded server: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let s = server.clone();
+        runtime.spawn(async move { s.serve_tcp(listener).await });
+        Ok(Embedded {
+            addr,
+            server,
+            runtime: Some(runtime),
         })
-        .build();
-    let listener = server_rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .map_err(|e| format!("cannot start the embedded server: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let s = server.clone();
-    server_rt.spawn(async move { s.serve_tcp(listener).await });
-    plan.target = Target::Tcp(addr.to_string());
-    let before = run::threads_cpu(SERVER_THREAD);
-    let outcome = drive(plan, progress, label).map(|mut o| {
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        self.server.shutdown();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+/// Runs the plan; with the embedded server, notes its CPU time.
+fn measure(
+    plan: &Plan,
+    embedded: Option<&Embedded>,
+    progress: bool,
+    label: &str,
+) -> Result<Outcome, String> {
+    let before = embedded.and(run::threads_cpu(SERVER_THREAD));
+    drive(plan, progress, label).map(|mut o| {
         o.server_cpu_seconds = run::threads_cpu(SERVER_THREAD)
             .zip(before)
             .map(|(a, b)| a - b);
         o
-    });
-    server.shutdown();
-    server_rt.shutdown_timeout(Duration::from_secs(2));
-    outcome
+    })
 }
 
 /// Runs the plan with a progress bar (when stdout is a terminal).
@@ -404,6 +576,7 @@ fn finish(
     report: Option<&ReportFile>,
     ctx: &Context,
     runs: &[(&str, Outcome)],
+    comparison: Comparison,
 ) -> CliResult {
     if let Some(file) = report {
         let colours = ["#1f77b4", "#d62728"];
@@ -428,15 +601,19 @@ fn finish(
     let text = match (runs, args.json) {
         ([(_, one)], false) => report::text(ctx, one),
         ([(_, one)], true) => report::json(ctx, one).to_string() + "\n",
-        ([(_, a), (_, b)], false) => report::compare_text(
-            "wiremux load --compare-in-order",
-            ["out of order", "in order"],
-            ctx,
-            a,
-            b,
-        ),
+        ([(la, a), (lb, b)], false) => {
+            let title = match comparison {
+                Comparison::RoundTrips => "wiremux load --compare-round-trips",
+                _ => "wiremux load --compare-in-order",
+            };
+            report::compare_text(title, [la, lb], ctx, a, b)
+        }
         ([(_, a), (_, b)], true) => {
-            report::compare_json(["out_of_order", "in_order"], ctx, a, b).to_string() + "\n"
+            let keys = match comparison {
+                Comparison::RoundTrips => ["pipelined", "link_by_link"],
+                _ => ["out_of_order", "in_order"],
+            };
+            report::compare_json(keys, ctx, a, b).to_string() + "\n"
         }
         _ => unreachable!("one or two runs"),
     };

@@ -24,6 +24,13 @@ pub struct Template {
     id_at: Vec<usize>,
     /// Where the echo data starts (the sequence stamp goes there).
     stamp_at: Option<usize>,
+    /// An `echo`: its answer is checked here, against `filler`.
+    pub echo: bool,
+    /// The echo data of request 0 (the filler after the stamp is the same
+    /// for every request).
+    filler: Vec<u8>,
+    /// `chain(len=K)`: K.
+    pub chain: Option<usize>,
 }
 
 impl Template {
@@ -45,11 +52,24 @@ impl Template {
             }
             at += HEADER_LEN + header.length;
         }
+        let echo = entry.name == "echo";
         Template {
             bytes,
             id_at,
-            stamp_at: if entry.name == "echo" { stamp_at } else { None },
+            stamp_at: if echo { stamp_at } else { None },
+            echo,
+            filler: if echo { data } else { Vec::new() },
+            chain: chain_len(entry),
         }
+    }
+
+    /// Whether `body` is the echo of request `seq`.
+    #[inline]
+    pub fn echoed(&self, seq: u64, body: &[u8]) -> bool {
+        let n = self.filler.len().min(8);
+        body.len() == self.filler.len()
+            && body[..n] == seq.to_le_bytes()[..n]
+            && body[n..] == self.filler[n..]
     }
 
     /// Appends the request for `id`, stamped with `seq`, to `dst`.
@@ -216,6 +236,11 @@ mod tests {
                 .encode(4093, MAX_SEND_PAYLOAD, &mut want)
                 .unwrap();
             assert_eq!(got, want, "{spec} with {payload} bytes");
+            if e.name == "echo" {
+                assert!(t.echoed(77, &echo_data(77, payload)));
+                assert!(!t.echoed(78, &echo_data(77, payload)));
+                assert!(!t.echoed(77, &echo_data(77, payload + 1)));
+            }
         }
     }
 

@@ -1,0 +1,222 @@
+//! How fast is `wiremux load` against the fastest client one can write?
+//!
+//!     cargo build --release -p wiremux-cli
+//!     cargo run --release --example loadgen -- [SECONDS] [ROUNDS]
+//!
+//! Starts a minimal raw-frame echo server (parse headers, answer each
+//! complete command of a read with one write, no task per request) and
+//! wiremux's own server (demo registry), each on its own thread with a
+//! current-thread runtime. Against each, in alternating rounds of SECONDS
+//! (default 3) each, ROUNDS (default 2) times:
+//!
+//! - `minimal`: a hand-written closed-loop client on one connection with
+//!   256 32-byte echoes in flight, on this process's main thread (one
+//!   current-thread runtime): write a new request for every answer read,
+//!   all the writes of one read in one syscall, no checks beyond the frame
+//!   type;
+//! - `wiremux load`: the release binary (`target/release/wiremux`, or
+//!   `$WIREMUX_BIN`) with `--connect ADDR --mix echo --connections 1
+//!   --inflight 256 --threads 1 --warmup 0s`, which checks every answer.
+//!
+//! It prints requests/s and CPU time per request of both, and the ratio of
+//! `wiremux load` to `minimal` per server. The two run one after the other
+//! against the same server in the same process run, so the ratio holds
+//! better than either figure on a busy machine.
+
+use bytes::{Buf, BufMut, BytesMut};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use wiremux::engine::{demo, Server};
+use wiremux::proto::builder::CommandBuilder;
+use wiremux::proto::{Flags, FrameType, Header, HEADER_LEN};
+
+const WINDOW: u16 = 256;
+
+fn spawn_server(name: &str, raw: bool) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                tx.send(listener.local_addr().expect("address")).unwrap();
+                if raw {
+                    loop {
+                        let (s, _) = listener.accept().await.expect("accept");
+                        s.set_nodelay(true).expect("nodelay");
+                        tokio::spawn(raw_echo(s));
+                    }
+                } else {
+                    let server = Server::builder().registry(demo::registry()).build();
+                    server.serve_tcp(listener).await.expect("serve");
+                }
+            });
+        })
+        .expect("server thread");
+    rx.recv().expect("address")
+}
+
+/// Calls `f` with each whole frame at the front of `buf` and removes them.
+fn frames(buf: &mut BytesMut, mut f: impl FnMut(Header, &[u8])) {
+    let mut at = 0;
+    while buf.len() - at >= HEADER_LEN {
+        let header = Header::parse(buf[at..at + HEADER_LEN].try_into().expect("6 bytes"));
+        let end = at + HEADER_LEN + header.length;
+        if end > buf.len() {
+            break;
+        }
+        f(header, &buf[at + HEADER_LEN..end]);
+        at = end;
+    }
+    buf.advance(at);
+}
+
+/// The raw-frame echo server: every command's last data frame is answered
+/// with one bytes-response frame holding that data.
+async fn raw_echo(mut s: TcpStream) {
+    let (mut rbuf, mut wbuf) = (BytesMut::with_capacity(64 << 10), BytesMut::new());
+    loop {
+        rbuf.reserve(16 << 10);
+        match s.read_buf(&mut rbuf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        frames(&mut rbuf, |h, payload| {
+            if h.frame_type == FrameType::COMMAND_DATA && h.flags.contains(Flags::DATA_EOS) {
+                let head = Header {
+                    length: payload.len(),
+                    request_id: h.request_id,
+                    frame_type: FrameType::BYTES_RESPONSE,
+                    flags: Flags::new(Flags::DATA_EOS),
+                };
+                wbuf.put_slice(&head.to_bytes());
+                wbuf.put_slice(payload);
+            }
+        });
+        if !wbuf.is_empty() {
+            if s.write_all(&wbuf).await.is_err() {
+                return;
+            }
+            wbuf.clear();
+        }
+    }
+}
+
+/// The minimal closed-loop client: requests/s and CPU µs per request.
+async fn minimal(addr: SocketAddr, run: Duration) -> (f64, f64) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let echo = CommandBuilder::new("echo").data(vec![b'x'; 32]);
+    let (mut rbuf, mut wbuf) = (BytesMut::with_capacity(64 << 10), BytesMut::new());
+    for i in 0..WINDOW {
+        echo.encode(2 * i + 1, 32768, &mut wbuf).expect("encode");
+    }
+    let cpu = thread_cpu();
+    let start = Instant::now();
+    let mut done = 0u64;
+    let mut free = Vec::new();
+    while start.elapsed() < run {
+        s.write_all(&wbuf).await.expect("write");
+        wbuf.clear();
+        rbuf.reserve(16 << 10);
+        assert!(s.read_buf(&mut rbuf).await.expect("read") > 0, "closed");
+        frames(&mut rbuf, |h, _| {
+            assert_eq!(h.frame_type, FrameType::BYTES_RESPONSE);
+            free.push(h.request_id);
+        });
+        for id in free.drain(..) {
+            done += 1;
+            echo.encode(id, 32768, &mut wbuf).expect("encode");
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    (done as f64 / secs, (thread_cpu() - cpu) * 1e6 / done as f64)
+}
+
+/// `wiremux load` against `addr`: requests/s and CPU µs per request.
+fn wiremux_load(addr: SocketAddr, run: Duration) -> (f64, f64) {
+    let bin = std::env::var("WIREMUX_BIN").unwrap_or_else(|_| "target/release/wiremux".into());
+    let out = std::process::Command::new(&bin)
+        .args(["load", "--connect", &addr.to_string(), "--mix", "echo"])
+        .args(["--connections", "1", "--inflight", "256", "--threads", "1"])
+        .args(["--warmup", "0s", "--json", "--duration"])
+        .arg(format!("{}ms", run.as_millis()))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {bin}: {e} (build it with cargo build --release -p wiremux-cli)")
+        });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        number(&text, "\"requests_per_second\":"),
+        number(&text, "\"cpu_us_per_request\":"),
+    )
+}
+
+/// The number after `key` in a JSON text.
+fn number(text: &str, key: &str) -> f64 {
+    let at = text.find(key).unwrap_or_else(|| panic!("no {key}")) + key.len();
+    let digits: String = text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | '-' | '+'))
+        .collect();
+    digits.parse().unwrap_or(f64::NAN)
+}
+
+fn thread_cpu() -> f64 {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    text.split_whitespace()
+        .next()
+        .and_then(|n| n.parse::<f64>().ok())
+        .map_or(f64::NAN, |ns| ns / 1e9)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let secs: f64 = args.next().map_or(3.0, |s| s.parse().expect("SECONDS"));
+    let rounds: usize = args.next().map_or(2, |s| s.parse().expect("ROUNDS"));
+    let run = Duration::from_secs_f64(secs);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average before: {}", load.trim());
+    for (name, raw) in [("raw-frame echo server", true), ("wiremux server", false)] {
+        let addr = spawn_server(if raw { "raw-frame" } else { "wiremux" }, raw);
+        let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            mine.push(rt.block_on(minimal(addr, run)));
+            theirs.push(wiremux_load(addr, run));
+        }
+        println!("{name}, 1 connection, 256 in flight, {secs} s rounds:");
+        for (i, (m, w)) in mine.iter().zip(&theirs).enumerate() {
+            println!(
+                "  round {}: minimal {:>9.0} req/s ({:.3} µs CPU/req)   wiremux load {:>9.0} req/s ({:.3} µs CPU/req)   ratio {:.2}",
+                i + 1,
+                m.0,
+                m.1,
+                w.0,
+                w.1,
+                w.0 / m.0
+            );
+        }
+        let sum = |v: &[(f64, f64)]| v.iter().map(|x| x.0).sum::<f64>();
+        println!(
+            "  all rounds: wiremux load / minimal = {:.2}",
+            sum(&theirs) / sum(&mine)
+        );
+    }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average after: {}", load.trim());
+}
