@@ -4,6 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use wiremux_proto::flood::FloodLimits;
 use wiremux_proto::server::{Action, Limits, Scope, ServerReactor, State};
 
 fuzz_target!(|data: &[u8]| {
@@ -16,6 +17,12 @@ fuzz_target!(|data: &[u8]| {
         max_request_bytes: 64,
         max_connection_bytes: 256,
         max_send_payload: 16,
+        max_discard_bytes: 96,
+        flood: FloodLimits {
+            window: 16,
+            max_errors: u32::from(knobs >> 6 & 0x1) * 3,
+            max_cancelled: 0,
+        },
     };
     let mut reactor = ServerReactor::with_limits(limits.clone()).defer_output(knobs & 0x80 != 0);
     let frames = match wiremux_proto::decode_all(input) {

@@ -113,66 +113,261 @@ fn a_header_announcing_16_mib_is_refused_before_buffering() {
     server.assert_serving();
 }
 
-#[test]
-fn a_data_stream_that_never_ends_is_cut_at_the_request_limit() {
-    let server = ServeProcess::start();
-    let before = server.rss_kib();
-    let mut s = server.connect();
-    send_lines(&mut s, &["1 command-name have-data echo"]);
-    // 64 MiB of continuation frames: eight times the 8 MiB request limit.
-    let chunk = Frame::new(
-        1,
-        wiremux_proto::FrameType::COMMAND_DATA,
-        wiremux_proto::Flags::new(1),
-        vec![7u8; 32768],
-    );
-    let mut block = BytesMut::new();
-    for _ in 0..32 {
-        chunk.encode(&mut block);
+/// A client making sequential `echo` calls on its own connection while an
+/// attack runs; [`Victim::stop`] gives its latencies.
+struct Victim {
+    running: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Duration>>,
+}
+
+impl Victim {
+    fn start(server: &ServeProcess) -> Victim {
+        let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let mut s = server.connect();
+        let flag = running.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = BytesMut::new();
+            let mut latencies = Vec::new();
+            let mut id = 1u16;
+            // At least 50 calls, so that a percentile means something.
+            while flag.load(std::sync::atomic::Ordering::Relaxed) || latencies.len() < 50 {
+                let started = Instant::now();
+                let mut wire = BytesMut::new();
+                CommandBuilder::new("echo")
+                    .data("victim")
+                    .encode(id, 32768, &mut wire)
+                    .unwrap();
+                s.write_all(&wire).unwrap();
+                let frame = read_frame(&mut s, &mut buf).expect("victim answered");
+                assert_eq!(
+                    format_frame(&frame),
+                    format!("{id} bytes-response eos victim")
+                );
+                latencies.push(started.elapsed());
+                id = if id >= 32765 { 1 } else { id + 2 };
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            latencies
+        });
+        Victim { running, thread }
     }
+
+    /// Stops the calls; returns (calls, p50, p99, max).
+    fn stop(self) -> (usize, Duration, Duration, Duration) {
+        self.running
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let mut latencies = self.thread.join().expect("victim served throughout");
+        latencies.sort();
+        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+        (latencies.len(), at(0.5), at(0.99), at(1.0))
+    }
+}
+
+/// Samples the server's RSS every 20 ms on a thread until dropped; the peak.
+struct RssSampler {
+    running: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl RssSampler {
+    fn start(server: &ServeProcess) -> RssSampler {
+        let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = running.clone();
+        let pid = server.serve.child.id();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while flag.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(kib) = common::rss_kib_of(pid) {
+                    peak = peak.max(kib);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        });
+        RssSampler { running, thread }
+    }
+
+    fn peak(self) -> u64 {
+        self.running
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// Writes `block` over and over (at most `max_bytes`) until a
+/// `protocol` error-response arrives, while a thread reads every frame
+/// until the server closes. Returns the bytes written when the protocol
+/// error arrived (the server may have read fewer: the rest were in socket
+/// buffers) and the frames read, as human lines.
+fn stream_until_cut(s: &mut TcpStream, block: &[u8], max_bytes: usize) -> (usize, Vec<String>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let sent = Arc::new(AtomicUsize::new(0));
+    // usize::MAX until the protocol error has arrived.
+    let cut_at = Arc::new(AtomicUsize::new(usize::MAX));
     let reader = {
         let mut r = s.try_clone().unwrap();
+        let (sent, cut_at) = (sent.clone(), cut_at.clone());
         std::thread::spawn(move || {
             let mut buf = BytesMut::new();
-            read_frame(&mut r, &mut buf).map(|f| format_frame(&f))
+            let mut frames = Vec::new();
+            while let Some(frame) = read_frame(&mut r, &mut buf) {
+                if frame.frame_type == wiremux_proto::FrameType::ERROR_RESPONSE
+                    && frame.flags.contains(wiremux_proto::Flags::PROTOCOL)
+                {
+                    cut_at.store(sent.load(Ordering::SeqCst), Ordering::SeqCst);
+                }
+                frames.push(format_frame(&frame));
+            }
+            frames
         })
     };
-    let mut peak = before;
-    for i in 0..64 {
-        s.write_all(&block).unwrap();
-        if i % 8 == 7 {
-            peak = peak.max(server.rss_kib());
+    while sent.load(Ordering::SeqCst) < max_bytes && cut_at.load(Ordering::SeqCst) == usize::MAX {
+        if s.write_all(block).is_err() {
+            break;
         }
+        sent.fetch_add(block.len(), Ordering::SeqCst);
     }
-    let first = reader.join().unwrap();
+    // The server drains input for a while after a protocol error; our end
+    // of input lets it close at once.
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let frames = reader.join().unwrap();
+    (cut_at.load(Ordering::SeqCst), frames)
+}
+
+/// One encoded block of `count` continuation frames of `frame_type`, each
+/// `len` bytes, for request 1.
+fn continuation_block(frame_type: wiremux_proto::FrameType, len: usize, count: usize) -> Vec<u8> {
+    let chunk = Frame::new(
+        1,
+        frame_type,
+        wiremux_proto::Flags::new(wiremux_proto::Flags::CONTINUATION),
+        vec![7u8; len],
+    );
+    let mut block = Vec::new();
+    for _ in 0..count {
+        chunk.encode(&mut block);
+    }
+    block
+}
+
+const DISCARD_CUT: &str = "1 error-response protocol request 1: more than 8388608 bytes sent for a request after it was refused; closing the connection";
+
+#[test]
+fn a_data_stream_that_never_ends_is_cut_at_the_discard_limit() {
+    let server = ServeProcess::start();
+    let before = server.rss_kib();
+    let sampler = RssSampler::start(&server);
+    let victim = Victim::start(&server);
+    let mut s = server.connect();
+    send_lines(&mut s, &["1 command-name have-data echo"]);
+    // Endless 32 KiB continuation frames; at most 256 MiB are offered.
+    let block = continuation_block(wiremux_proto::FrameType::COMMAND_DATA, 32768, 32);
+    let (sent, frames) = stream_until_cut(&mut s, &block, 256 << 20);
+    let (calls, p50, p99, max) = victim.stop();
+    let peak = sampler.peak().max(before);
+    // The request is refused at 8 MiB, its frames are dropped for 8 MiB
+    // more, and then the connection is cut.
     assert_eq!(
-        first.as_deref(),
-        Some(
-            "1 error-response application request 1: more than 8388608 bytes of arguments and data"
-        )
+        frames,
+        [
+            "1 error-response application request 1: more than 8388608 bytes of arguments and data",
+            DISCARD_CUT,
+        ]
     );
-    // The rest of the request is dropped as it arrives; the connection goes on.
-    send_lines(
-        &mut s,
-        &[
-            "1 command-data eos ",
-            "3 command-name have-data echo",
-            "3 command-data eos after",
-        ],
+    assert!(sent < 32 << 20, "{sent} bytes went in before the cut");
+    println!(
+        "endless refused data stream: cut after {} KiB sent; server RSS {before} KiB, peak {peak} KiB; \
+         victim {calls} calls, p50 {p50:?}, p99 {p99:?}, max {max:?}",
+        sent / 1024
     );
-    let mut buf = BytesMut::new();
-    assert_eq!(
-        read_frame(&mut s, &mut buf)
-            .map(|f| format_frame(&f))
-            .as_deref(),
-        Some("3 bytes-response eos after")
-    );
-    println!("endless data stream: server RSS {before} KiB, peak {peak} KiB");
     assert!(
         peak < before + 48 * 1024,
         "server grew by {} KiB",
         peak - before
     );
+    server.assert_serving();
+}
+
+#[test]
+fn an_argument_streaming_past_its_declared_length_is_cut_at_the_discard_limit() {
+    let server = ServeProcess::start();
+    let before = server.rss_kib();
+    let sampler = RssSampler::start(&server);
+    let victim = Victim::start(&server);
+    let mut s = server.connect();
+    // Argument `k` declares a 10-byte value, sends 1 byte of it, then keeps
+    // sending continuation frames.
+    send_lines(
+        &mut s,
+        &[
+            "1 command-name have-args echo",
+            r"1 command-argument continuation \x01\x00\x0a\x00kv",
+        ],
+    );
+    let block = continuation_block(wiremux_proto::FrameType::COMMAND_ARGUMENT, 32768, 32);
+    let (sent, frames) = stream_until_cut(&mut s, &block, 256 << 20);
+    let (calls, p50, p99, max) = victim.stop();
+    let peak = sampler.peak().max(before);
+    assert_eq!(
+        frames,
+        [
+            "1 error-response application request 1: argument `k`: 32769 value bytes, but 10 declared",
+            DISCARD_CUT,
+        ]
+    );
+    assert!(sent < 32 << 20, "{sent} bytes went in before the cut");
+    println!(
+        "argument past its value_len: cut after {} KiB sent; server RSS {before} KiB, peak {peak} KiB; \
+         victim {calls} calls, p50 {p50:?}, p99 {p99:?}, max {max:?}",
+        sent / 1024
+    );
+    assert!(peak < before + 48 * 1024);
+    server.assert_serving();
+}
+
+#[test]
+fn a_flood_of_malformed_requests_is_cut_at_the_error_limit() {
+    let server = ServeProcess::start();
+    let before = server.rss_kib();
+    let sampler = RssSampler::start(&server);
+    let victim = Victim::start(&server);
+    let mut s = server.connect();
+    // Command-name frames with no flags, each a request-level error, on
+    // every odd ID, as fast as the socket takes them: 16384 requests.
+    let mut wire = Vec::new();
+    for id in (1..32768u16).step_by(2) {
+        Frame::new(
+            id,
+            wiremux_proto::FrameType::COMMAND_NAME,
+            wiremux_proto::Flags::NONE,
+            "echo",
+        )
+        .encode(&mut wire);
+    }
+    let (_, frames) = stream_until_cut(&mut s, &wire, 1);
+    let (calls, p50, p99, max) = victim.stop();
+    let peak = sampler.peak().max(before);
+    // The default allows a burst of 128 and one in 8 after: the 147th
+    // request in a row that fails closes the connection, and each request
+    // before it got exactly one answer.
+    assert_eq!(frames.len(), 147);
+    for (n, frame) in frames[..146].iter().enumerate() {
+        let id = 2 * n + 1;
+        assert_eq!(
+            *frame,
+            format!("{id} error-response application request {id}: command-name flags must be eos alone, or have-args and/or have-data; got 0")
+        );
+    }
+    assert_eq!(
+        frames[146],
+        "293 error-response protocol request 293: more than 128 requests refused with an error within 1024 requests started"
+    );
+    println!(
+        "malformed-request flood: cut after 147 requests; server RSS {before} KiB, peak {peak} KiB; \
+         victim {calls} calls, p50 {p50:?}, p99 {p99:?}, max {max:?}"
+    );
+    assert!(peak < before + 16 * 1024);
     server.assert_serving();
 }
 

@@ -9,6 +9,7 @@
 //! - [`human`]: the one-line human syntax used by tests and tools.
 //! - [`builder`]: every frame of a command, a response, an error.
 //! - [`server`]: the server reactor, one assembler per request ID.
+//! - [`flood`]: the limits on requests that end in errors or cancelled.
 //! - [`client`]: the ID allocator and the response assembler.
 //! - [`reflect`]: the reflect report of the server reactor's decisions.
 //! - [`request`]: the one request type, from the reactor to the handler.
@@ -40,6 +41,7 @@
 pub mod builder;
 pub mod client;
 pub mod codec;
+pub mod flood;
 pub mod frame;
 pub mod human;
 pub mod id_map;

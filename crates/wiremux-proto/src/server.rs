@@ -10,10 +10,12 @@
 //!
 //! Errors come in two scopes (see [`Scope`]). A request-level error ends one
 //! request; its later frames are dropped until the request's last frame or a
-//! new command on the same ID, and every other request goes on. A
-//! connection-level error cannot be pinned to one request; the engine sends a
-//! `protocol` error-response and closes, and the reactor refuses every later
-//! frame.
+//! new command on the same ID, and every other request goes on. Dropping is
+//! bounded ([`Limits::max_discard_bytes`]), and so is how many requests may
+//! end that way ([`Limits::flood`], see [`crate::flood`]): past either, the
+//! request-level error becomes a connection-level one. A connection-level
+//! error cannot be pinned to one request; the engine sends a `protocol`
+//! error-response and closes, and the reactor refuses every later frame.
 //!
 //! ```
 //! use wiremux_proto::human::parse_frame;
@@ -31,7 +33,8 @@
 
 use crate::builder::{error_response_frame, ErrorFlag};
 use crate::codec::DEFAULT_MAX_SEND_PAYLOAD;
-use crate::frame::{Flags, Frame, FrameType};
+use crate::flood::{FloodGuard, FloodLimits};
+use crate::frame::{Flags, Frame, FrameType, HEADER_LEN};
 use crate::human::format_flags;
 use crate::request::Request;
 use bytes::{Buf, Bytes, BytesMut};
@@ -55,6 +58,17 @@ pub struct Limits {
     /// Largest payload of a frame the reactor builds (deferred responses and
     /// errors). Default 32768.
     pub max_send_payload: usize,
+    /// Bytes dropped for one request after a request-level error refused
+    /// it while its frames were still arriving (PROTOCOL.md section 3).
+    /// Each dropped frame counts in full, its 6-byte header too, so a
+    /// stream of empty frames is bounded as well. Default 8 MiB (the
+    /// per-request byte limit). Over it: connection-level error
+    /// [`ErrorKind::DiscardLimit`].
+    pub max_discard_bytes: usize,
+    /// Requests that may end in a request-level error, or cancelled, for
+    /// the requests started (see [`crate::flood`]). Over them:
+    /// connection-level error.
+    pub flood: FloodLimits,
 }
 
 impl Default for Limits {
@@ -65,6 +79,8 @@ impl Default for Limits {
             max_request_bytes: 8 << 20,
             max_connection_bytes: 32 << 20,
             max_send_payload: DEFAULT_MAX_SEND_PAYLOAD,
+            max_discard_bytes: 8 << 20,
+            flood: FloodLimits::default(),
         }
     }
 }
@@ -228,6 +244,26 @@ pub enum ErrorKind {
     /// A frame after a connection-level error.
     #[error("frame refused: an earlier protocol error ended this connection")]
     AlreadyErrored,
+    /// Too many bytes dropped for one request after it was refused.
+    #[error("more than {0} bytes sent for a request after it was refused; closing the connection")]
+    DiscardLimit(usize),
+    /// Too many requests ended in a request-level error
+    /// ([`FloodLimits::max_errors`]).
+    #[error("more than {max} requests refused with an error within {window} requests started")]
+    TooManyRequestErrors {
+        /// The limit.
+        max: u32,
+        /// The window, in requests started.
+        window: u32,
+    },
+    /// Too many requests ended cancelled ([`FloodLimits::max_cancelled`]).
+    #[error("more than {max} requests cancelled within {window} requests started")]
+    TooManyCancelled {
+        /// The limit.
+        max: u32,
+        /// The window, in requests started.
+        window: u32,
+    },
     // ---- request-level ----
     /// A command-name frame whose flags are not eos alone, or have-args
     /// and/or have-data.
@@ -308,7 +344,10 @@ impl ErrorKind {
             | RequestComplete(_)
             | TooManyReceiving(_)
             | ConnectionBufferFull(_)
-            | AlreadyErrored => Scope::Connection,
+            | AlreadyErrored
+            | DiscardLimit(_)
+            | TooManyRequestErrors { .. }
+            | TooManyCancelled { .. } => Scope::Connection,
             _ => Scope::Request,
         }
     }
@@ -325,8 +364,8 @@ enum Slot {
     Active,
     /// A request-level error ended it; later frames are dropped until its
     /// last frame (data `eos` if it announced data, else argument `eoa`) or
-    /// a new command-name.
-    Discarding { have_data: bool },
+    /// a new command-name, up to `Limits::max_discard_bytes` in all.
+    Discarding { have_data: bool, dropped: usize },
 }
 
 /// Where in its frames a request is.
@@ -415,6 +454,7 @@ pub struct ServerReactor {
     defer_output: bool,
     input_ended: bool,
     deferred: Vec<Frame>,
+    flood: FloodGuard,
     /// Emptied assemblers kept for the next requests, at most
     /// `SPARE_ASSEMBLERS`: most requests take two frames or more, and
     /// reusing the box spares an allocation and a free for each.
@@ -440,7 +480,6 @@ impl ServerReactor {
     /// A reactor with the given limits.
     pub fn with_limits(limits: Limits) -> ServerReactor {
         ServerReactor {
-            limits,
             slots: SlotTable::default(),
             receiving: 0,
             active: 0,
@@ -449,7 +488,9 @@ impl ServerReactor {
             defer_output: false,
             input_ended: false,
             deferred: Vec::new(),
+            flood: FloodGuard::new(limits.flood),
             spare: Vec::new(),
+            limits,
         }
     }
 
@@ -510,10 +551,47 @@ impl ServerReactor {
             Err(kind) if kind.scope() == Scope::Connection => self.fail_connection(id, kind),
             Err(kind) => {
                 self.discard(id, frame_type, flags);
+                if let Err(flood) = self.flood.on_request_error() {
+                    return self.fail_connection(id, flood);
+                }
                 Action::Error(ReactorError {
                     request_id: id,
                     kind,
                 })
+            }
+        }
+    }
+
+    /// Tells the reactor that a request ended cancelled, for the flood
+    /// limit on cancellations ([`FloodLimits::max_cancelled`]). An error
+    /// means the connection has cancelled more than the limit allows: send
+    /// it (a connection-level error) and close; the reactor refuses every
+    /// later frame.
+    ///
+    /// ```
+    /// use wiremux_proto::flood::FloodLimits;
+    /// use wiremux_proto::human::parse_frame;
+    /// use wiremux_proto::server::{Limits, ServerReactor};
+    ///
+    /// let limits = Limits {
+    ///     flood: FloodLimits { window: 100, max_errors: 10, max_cancelled: 1 },
+    ///     ..Limits::default()
+    /// };
+    /// let mut reactor = ServerReactor::with_limits(limits);
+    /// reactor.on_frame(parse_frame("1 command-name eos sleep").unwrap());
+    /// assert!(reactor.on_cancelled(1).is_ok());
+    /// let error = reactor.on_cancelled(1).unwrap_err();
+    /// assert_eq!(
+    ///     error.message(),
+    ///     "request 1: more than 1 requests cancelled within 100 requests started"
+    /// );
+    /// ```
+    pub fn on_cancelled(&mut self, request_id: u16) -> Result<(), ReactorError> {
+        match self.flood.on_cancelled() {
+            Ok(()) => Ok(()),
+            Err(kind) => {
+                self.errored = true;
+                Err(ReactorError { request_id, kind })
             }
         }
     }
@@ -538,7 +616,13 @@ impl ServerReactor {
         // Request-level errors come only from odd IDs (anything on an even
         // ID is a connection-level error), so the slot can be kept.
         if id % 2 == 1 && !is_last_frame(frame_type, flags, have_data) {
-            self.slots.insert(id, Slot::Discarding { have_data });
+            self.slots.insert(
+                id,
+                Slot::Discarding {
+                    have_data,
+                    dropped: 0,
+                },
+            );
         }
     }
 
@@ -558,6 +642,7 @@ impl ServerReactor {
             Some(Slot::Active) => return Err(ErrorKind::IdStillActive),
             Some(Slot::Discarding { .. }) | None => {}
         }
+        self.flood.on_request_started();
         let flags = frame.flags.bits();
         let (have_args, have_data) = match flags {
             Flags::EOS => (false, false),
@@ -617,7 +702,11 @@ impl ServerReactor {
         let asm = match self.slots.get_mut(id) {
             None => return Err(ErrorKind::UnknownRequest(frame.frame_type)),
             Some(Slot::Active) => return Err(ErrorKind::RequestComplete(frame.frame_type)),
-            Some(Slot::Discarding { have_data }) => {
+            Some(Slot::Discarding { have_data, dropped }) => {
+                *dropped += HEADER_LEN + frame.payload.len();
+                if *dropped > self.limits.max_discard_bytes {
+                    return Err(ErrorKind::DiscardLimit(self.limits.max_discard_bytes));
+                }
                 if is_last_frame(frame.frame_type, frame.flags, *have_data) {
                     self.slots.remove(id);
                 }

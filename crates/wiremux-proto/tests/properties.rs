@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use wiremux_proto::builder::CommandBuilder;
+use wiremux_proto::flood::FloodLimits;
 use wiremux_proto::server::{Action, ErrorKind, Limits, Scope, ServerReactor, State};
 use wiremux_proto::Request;
 use wiremux_proto::{Flags, Frame, FrameCodec, FrameType};
@@ -145,6 +146,12 @@ fn small_limits() -> Limits {
         max_request_bytes: 40,
         max_connection_bytes: 64,
         max_send_payload: 8,
+        max_discard_bytes: 48,
+        flood: FloodLimits {
+            window: 8,
+            max_errors: 2,
+            max_cancelled: 2,
+        },
     }
 }
 
@@ -235,8 +242,9 @@ enum Model {
     },
     /// Complete and running until its response is finished.
     Active,
-    /// Failed; dropping frames until the one that ends the request.
-    Discarding { have_data: bool },
+    /// Failed; dropping frames until the one that ends the request, and
+    /// counting the bytes dropped (headers too).
+    Discarding { have_data: bool, dropped: usize },
 }
 
 /// What the model expects of an action.
@@ -248,13 +256,106 @@ enum Expect {
     Noop,
 }
 
-#[derive(Debug, Default)]
+/// The flood rule, written out plainly: allowances in 1/window units.
+#[derive(Debug)]
+struct ModelFlood {
+    window: u64,
+    max_errors: u64,
+    max_cancelled: u64,
+    errors_left: u64,
+    cancelled_left: u64,
+}
+
+impl ModelFlood {
+    fn new(limits: FloodLimits) -> ModelFlood {
+        let window = u64::from(limits.window.max(1));
+        let (max_errors, max_cancelled) = (
+            u64::from(limits.max_errors),
+            u64::from(limits.max_cancelled),
+        );
+        ModelFlood {
+            window,
+            max_errors,
+            max_cancelled,
+            errors_left: max_errors * window,
+            cancelled_left: max_cancelled * window,
+        }
+    }
+
+    fn started(&mut self) {
+        self.errors_left = (self.errors_left + self.max_errors).min(self.max_errors * self.window);
+        self.cancelled_left =
+            (self.cancelled_left + self.max_cancelled).min(self.max_cancelled * self.window);
+    }
+
+    /// Whether one more is allowed; spends it if so.
+    fn spend(left: &mut u64, max: u64, window: u64) -> bool {
+        if max == 0 {
+            return true;
+        }
+        if *left < window {
+            return false;
+        }
+        *left -= window;
+        true
+    }
+}
+
+#[derive(Debug)]
 struct ModelReactor {
     requests: BTreeMap<u16, Model>,
     errored: bool,
+    max_discard_bytes: usize,
+    flood: ModelFlood,
+}
+
+impl Default for ModelReactor {
+    fn default() -> Self {
+        ModelReactor::with_limits(&Limits::default())
+    }
 }
 
 impl ModelReactor {
+    /// A model of a reactor with `limits`; only the discard and flood
+    /// limits may differ from the defaults (the steps never reach the
+    /// others).
+    fn with_limits(limits: &Limits) -> ModelReactor {
+        ModelReactor {
+            requests: BTreeMap::new(),
+            errored: false,
+            max_discard_bytes: limits.max_discard_bytes,
+            flood: ModelFlood::new(limits.flood),
+        }
+    }
+
+    /// A frame for a request being discarded: dropped, or a connection
+    /// error once the request has dropped more than the limit; `ends`
+    /// says whether it is the request's last frame.
+    fn drop_frame(&mut self, frame: &Frame, ends: bool) -> Expect {
+        let id = frame.request_id;
+        let Some(Model::Discarding { dropped, .. }) = self.requests.get_mut(&id) else {
+            unreachable!("only for requests being discarded")
+        };
+        *dropped += 6 + frame.payload.len();
+        if *dropped > self.max_discard_bytes {
+            return self.connection_error(id);
+        }
+        if ends {
+            self.requests.remove(&id);
+        }
+        Expect::Noop
+    }
+
+    /// `on_cancelled`: whether the cancellation limit allows it.
+    fn on_cancelled(&mut self) -> bool {
+        let f = &mut self.flood;
+        let ok = ModelFlood::spend(&mut f.cancelled_left, f.max_cancelled, f.window);
+        if !ok {
+            self.errored = true;
+        }
+        ok
+    }
+
     fn state(&self) -> State {
         if self.errored {
             State::Errored
@@ -284,10 +385,22 @@ impl ModelReactor {
     /// A request-level error: the request is dropped; if the failing frame
     /// was not its last, its later frames are discarded.
     fn request_error(&mut self, id: u16, have_data: bool, was_last: bool) -> Expect {
+        let f = &mut self.flood;
+        if !ModelFlood::spend(&mut f.errors_left, f.max_errors, f.window) {
+            // The request is refused all the same, and then the connection.
+            self.requests.remove(&id);
+            return self.connection_error(id);
+        }
         if was_last {
             self.requests.remove(&id);
         } else {
-            self.requests.insert(id, Model::Discarding { have_data });
+            self.requests.insert(
+                id,
+                Model::Discarding {
+                    have_data,
+                    dropped: 0,
+                },
+            );
         }
         Expect::Error {
             id,
@@ -312,6 +425,7 @@ impl ModelReactor {
                 ) {
                     return self.connection_error(id);
                 }
+                self.flood.started();
                 let command = frame.payload.to_vec();
                 match flags {
                     1 => {
@@ -339,12 +453,7 @@ impl ModelReactor {
                 // arguments with eoa.
                 match self.requests.get(&id).cloned() {
                     None | Some(Model::Active) => self.connection_error(id),
-                    Some(Model::Discarding { have_data }) => {
-                        if !have_data {
-                            self.requests.remove(&id);
-                        }
-                        Expect::Noop
-                    }
+                    Some(Model::Discarding { have_data, .. }) => self.drop_frame(frame, !have_data),
                     Some(Model::Receiving {
                         command,
                         have_data,
@@ -373,12 +482,7 @@ impl ModelReactor {
                 let eos = flags == 2;
                 match self.requests.get(&id).cloned() {
                     None | Some(Model::Active) => self.connection_error(id),
-                    Some(Model::Discarding { .. }) => {
-                        if eos {
-                            self.requests.remove(&id);
-                        }
-                        Expect::Noop
-                    }
+                    Some(Model::Discarding { .. }) => self.drop_frame(frame, eos),
                     Some(Model::Receiving {
                         command,
                         have_data,
@@ -401,7 +505,7 @@ impl ModelReactor {
             FrameType::BYTES_RESPONSE | FrameType::ERROR_RESPONSE => {
                 match self.requests.get(&id).cloned() {
                     None | Some(Model::Active) => self.connection_error(id),
-                    Some(Model::Discarding { .. }) => Expect::Noop,
+                    Some(Model::Discarding { .. }) => self.drop_frame(frame, false),
                     Some(Model::Receiving { have_data, .. }) => {
                         self.request_error(id, have_data, false)
                     }
@@ -434,6 +538,7 @@ impl ModelReactor {
 enum Step {
     Frame(Frame),
     Finished(u16),
+    Cancelled(u16),
 }
 
 fn arb_step() -> impl Strategy<Value = Step> {
@@ -455,6 +560,7 @@ fn arb_step() -> impl Strategy<Value = Step> {
             Step::Frame(Frame::new(id, FrameType::COMMAND_DATA, Flags::new(f), data))
         }),
         2 => id().prop_map(Step::Finished),
+        1 => id().prop_map(Step::Cancelled),
         // Types a client must not send, or that are not defined.
         1 => (id(), prop::sample::select(vec![0u8, 4, 5, 6, 15]))
             .prop_map(|(id, t)| Step::Frame(Frame::new(id, FrameType::new(t), Flags::new(2), "x"))),
@@ -477,44 +583,86 @@ fn observe(action: &Action) -> Expect {
     }
 }
 
+/// Runs `steps` through a reactor with `limits` and through the model,
+/// comparing every action.
+fn agree_with_the_model(limits: &Limits, steps: &[Step]) -> Result<(), TestCaseError> {
+    let mut reactor = ServerReactor::with_limits(limits.clone());
+    let mut model = ModelReactor::with_limits(limits);
+    for (n, step) in steps.iter().enumerate() {
+        match step {
+            Step::Frame(frame) => {
+                let expected = model.on_frame(frame);
+                let got = observe(&reactor.on_frame(frame.clone()));
+                prop_assert_eq!(got, expected, "step {} {:?}", n, frame);
+            }
+            Step::Finished(id) => {
+                reactor.on_response_finished(*id);
+                model.on_response_finished(*id);
+            }
+            Step::Cancelled(id) => {
+                let got = reactor.on_cancelled(*id);
+                prop_assert_eq!(
+                    got.is_ok(),
+                    model.on_cancelled(),
+                    "step {} cancel {}",
+                    n,
+                    id
+                );
+                if let Err(err) = got {
+                    prop_assert_eq!(err.scope(), Scope::Connection);
+                }
+            }
+        }
+        prop_assert_eq!(reactor.state(), model.state());
+        let active = model
+            .requests
+            .values()
+            .filter(|m| **m == Model::Active)
+            .count();
+        prop_assert_eq!(reactor.active(), active);
+    }
+    let incomplete = model.on_input_eof();
+    match reactor.on_input_eof() {
+        Action::Noop => prop_assert!(incomplete.is_empty(), "missed {:?}", incomplete),
+        Action::Error(err) => {
+            prop_assert_eq!(err.scope(), Scope::Request);
+            let ErrorKind::IncompleteAtEof(list) = &err.kind else {
+                panic!("unexpected error at eof: {err}");
+            };
+            let ids: Vec<u16> = list.iter().map(|(id, _)| *id).collect();
+            prop_assert_eq!(ids, incomplete);
+            prop_assert_eq!(err.frames(32768).len(), list.len());
+        }
+        other => prop_assert!(false, "unexpected {:?} at eof", other),
+    }
+    prop_assert_eq!(reactor.receiving(), 0);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1000))]
 
     #[test]
     fn reactor_agrees_with_the_model(steps in prop::collection::vec(arb_step(), 0..80)) {
-        let mut reactor = ServerReactor::new();
-        let mut model = ModelReactor::default();
-        for (n, step) in steps.iter().enumerate() {
-            match step {
-                Step::Frame(frame) => {
-                    let expected = model.on_frame(frame);
-                    let got = observe(&reactor.on_frame(frame.clone()));
-                    prop_assert_eq!(got, expected, "step {} {:?}", n, frame);
-                    prop_assert_eq!(reactor.state(), model.state());
-                }
-                Step::Finished(id) => {
-                    reactor.on_response_finished(*id);
-                    model.on_response_finished(*id);
-                }
-            }
-            let active = model.requests.values().filter(|m| **m == Model::Active).count();
-            prop_assert_eq!(reactor.active(), active);
-        }
-        let incomplete = model.on_input_eof();
-        match reactor.on_input_eof() {
-            Action::Noop => prop_assert!(incomplete.is_empty(), "missed {:?}", incomplete),
-            Action::Error(err) => {
-                prop_assert_eq!(err.scope(), Scope::Request);
-                let ErrorKind::IncompleteAtEof(list) = &err.kind else {
-                    panic!("unexpected error at eof: {err}");
-                };
-                let ids: Vec<u16> = list.iter().map(|(id, _)| *id).collect();
-                prop_assert_eq!(ids, incomplete);
-                prop_assert_eq!(err.frames(32768).len(), list.len());
-            }
-            other => prop_assert!(false, "unexpected {:?} at eof", other),
-        }
-        prop_assert_eq!(reactor.receiving(), 0);
+        agree_with_the_model(&Limits::default(), &steps)?;
+    }
+
+    /// Limits the steps reach: a refused request may drop 24 bytes (two or
+    /// three small frames), and a burst of 2 errors or 2 cancellations is
+    /// allowed, then one per 3 requests started.
+    #[test]
+    fn reactor_agrees_with_the_model_at_the_discard_and_flood_limits(
+        steps in prop::collection::vec(arb_step(), 0..80),
+        max_discard_bytes in 0usize..30,
+        max_errors in 0u32..4,
+        max_cancelled in 0u32..4,
+    ) {
+        let limits = Limits {
+            max_discard_bytes,
+            flood: FloodLimits { window: 6, max_errors, max_cancelled },
+            ..Limits::default()
+        };
+        agree_with_the_model(&limits, &steps)?;
     }
 }
 

@@ -23,6 +23,7 @@
 
 use bytes::Bytes;
 use wiremux_proto::builder::CommandBuilder;
+use wiremux_proto::flood::FloodLimits;
 use wiremux_proto::human::{escape, format_frame, parse_frame};
 use wiremux_proto::reflect::reflect;
 use wiremux_proto::server::{Action, ErrorKind, Limits, Scope, ServerReactor, State};
@@ -818,6 +819,8 @@ fn limits() -> Limits {
         max_request_bytes: 12,
         max_connection_bytes: 20,
         max_send_payload: 32768,
+        max_discard_bytes: 30,
+        flood: FloodLimits::default(),
     }
 }
 
@@ -831,6 +834,12 @@ fn default_limits() {
             max_request_bytes: 8 * 1024 * 1024,
             max_connection_bytes: 32 * 1024 * 1024,
             max_send_payload: 32768,
+            max_discard_bytes: 8 * 1024 * 1024,
+            flood: FloodLimits {
+                window: 1024,
+                max_errors: 128,
+                max_cancelled: 384,
+            },
         }
     );
 }
@@ -939,6 +948,241 @@ fn too_many_bytes_for_the_connection() {
         ],
     );
     assert_eq!(reactor.buffered_bytes(), 10);
+}
+
+// ------------------------------------------------ bounded discarding, floods
+
+const DISCARD_LIMIT: &str = "connection-error: 1 error-response protocol request 1: more than 30 bytes sent for a request after it was refused; closing the connection";
+
+#[test]
+fn a_refused_request_may_stream_only_up_to_the_discard_limit() {
+    // `limits()` drops at most 30 bytes, frames counted with their 6-byte
+    // headers: two 15-byte frames are dropped, the third is too many.
+    let reactor = check_with(
+        ServerReactor::with_limits(limits()),
+        &[
+            ("1 command-name have-data a", RECEIVING),
+            ("1 command-data continuation 1234567890", RECEIVING),
+            (
+                "1 command-data continuation 123",
+                "request-error: 1 error-response application request 1: more than 12 bytes of arguments and data",
+            ),
+            ("1 command-data continuation 123456789", "noop"),
+            ("1 command-data continuation 123456789", "noop"),
+            ("1 command-data continuation 1", DISCARD_LIMIT),
+            (
+                "3 command-name eos b",
+                "connection-error: 3 error-response protocol request 3: frame refused: an earlier protocol error ended this connection",
+            ),
+        ],
+    );
+    assert_eq!(reactor.state(), State::Errored);
+}
+
+#[test]
+fn the_last_frame_within_the_discard_limit_ends_the_request_quietly() {
+    check_with(
+        ServerReactor::with_limits(limits()),
+        &[
+            ("1 command-name have-data a", RECEIVING),
+            (
+                "1 command-data 0 x",
+                "request-error: 1 error-response application request 1: command-data frame needs exactly one of continuation or eos; got 0",
+            ),
+            ("1 command-data continuation 123456789", "noop"),
+            // 15 + 15: exactly the limit, and the request's last frame.
+            ("1 command-data eos 123456789", "noop"),
+            ("3 command-name eos b", "run 3 b"),
+            // A new command on the ID starts a new count.
+            ("1 command-name have-data a", RECEIVING),
+            (
+                "1 command-data 0 x",
+                "request-error: 1 error-response application request 1: command-data frame needs exactly one of continuation or eos; got 0",
+            ),
+            ("1 command-data continuation 123456789", "noop"),
+            ("1 command-data continuation 123456789", "noop"),
+            ("1 command-name eos c", "run 1 c"),
+        ],
+    );
+}
+
+#[test]
+fn empty_frames_count_towards_the_discard_limit() {
+    // Without their headers, empty frames would be dropped for ever.
+    let mut steps = vec![
+        ("1 command-name have-data a", RECEIVING),
+        (
+            "1 command-data 0 x",
+            "request-error: 1 error-response application request 1: command-data frame needs exactly one of continuation or eos; got 0",
+        ),
+    ];
+    steps.extend(std::iter::repeat_n(
+        ("1 command-data continuation ", "noop"),
+        5,
+    ));
+    steps.push(("1 command-data continuation ", DISCARD_LIMIT));
+    check_with(ServerReactor::with_limits(limits()), &steps);
+}
+
+#[test]
+fn an_argument_past_its_declared_length_may_go_on_only_up_to_the_discard_limit() {
+    check_with(
+        ServerReactor::with_limits(limits()),
+        &[
+            ("1 command-name have-args a", RECEIVING),
+            (r"1 command-argument continuation \x01\x00\x02\x00kv", RECEIVING),
+            (
+                "1 command-argument continuation xyz",
+                "request-error: 1 error-response application request 1: argument `k`: 4 value bytes, but 2 declared",
+            ),
+            // Its continuation frames are dropped (16 bytes each)...
+            ("1 command-argument continuation 0123456789", "noop"),
+            // ...until they pass the limit.
+            ("1 command-argument continuation 0123456789", DISCARD_LIMIT),
+        ],
+    );
+}
+
+#[test]
+fn the_default_discard_limit_is_the_request_limit() {
+    let mut reactor = ServerReactor::new();
+    let start = |r: &mut ServerReactor| {
+        r.on_frame(parse_frame("1 command-name have-data echo").unwrap());
+        assert!(matches!(
+            r.on_frame(parse_frame("1 command-data 0 x").unwrap()),
+            Action::Error(e) if e.scope() == Scope::Request
+        ));
+    };
+    start(&mut reactor);
+    // 256 frames of 32762 bytes and their headers: exactly 8 MiB.
+    let frame = Frame::new(
+        1,
+        wiremux_proto::FrameType::COMMAND_DATA,
+        wiremux_proto::Flags::new(wiremux_proto::Flags::CONTINUATION),
+        vec![0u8; 32762],
+    );
+    for _ in 0..256 {
+        assert_eq!(reactor.on_frame(frame.clone()), Action::Noop);
+    }
+    let Action::Error(err) = reactor.on_frame(parse_frame("1 command-data eos ").unwrap()) else {
+        panic!("expected an error")
+    };
+    assert_eq!(
+        format_frame(&err.frame(32768)),
+        "1 error-response protocol request 1: more than 8388608 bytes sent for a request after it was refused; closing the connection"
+    );
+}
+
+fn flood_limits(window: u32, max_errors: u32, max_cancelled: u32) -> Limits {
+    Limits {
+        flood: FloodLimits {
+            window,
+            max_errors,
+            max_cancelled,
+        },
+        ..Limits::default()
+    }
+}
+
+const BAD_FLAGS: &str =
+    "command-name flags must be eos alone, or have-args and/or have-data; got 0";
+
+#[test]
+fn too_many_request_errors_close_the_connection() {
+    // 2 per 4 requests started: a burst of 2, then one per 2 started.
+    let e = |id: u16| {
+        format!("request-error: {id} error-response application request {id}: {BAD_FLAGS}")
+    };
+    let (e1, e3, e7, e9) = (e(1), e(3), e(7), e(9));
+    let reactor = check_with(
+        ServerReactor::with_limits(flood_limits(4, 2, 0)),
+        &[
+            // The burst spends the allowance...
+            ("1 command-name 0 a", &e1),
+            ("3 command-name 0 a", &e3),
+            // ...two requests started earn one more...
+            ("5 command-name eos ok", "run 5 ok"),
+            ("7 command-name 0 a", &e7),
+            // ...and two errors in a row spend more than one request earns.
+            ("9 command-name 0 a", &e9),
+            (
+                "11 command-name 0 a",
+                "connection-error: 11 error-response protocol request 11: more than 2 requests refused with an error within 4 requests started",
+            ),
+            (
+                "13 command-name eos ok",
+                "connection-error: 13 error-response protocol request 13: frame refused: an earlier protocol error ended this connection",
+            ),
+        ],
+    );
+    assert_eq!(reactor.state(), State::Errored);
+}
+
+#[test]
+fn every_kind_of_request_level_error_counts() {
+    // An error in the middle of a request counts as one in its first frame.
+    check_with(
+        ServerReactor::with_limits(flood_limits(100, 1, 0)),
+        &[
+            ("1 command-name have-args a", RECEIVING),
+            (
+                r"1 command-argument eoa \x01\x00",
+                "request-error: 1 error-response application request 1: command-argument frame of 2 bytes is shorter than its 4-byte header",
+            ),
+            ("3 command-name have-data a", RECEIVING),
+            (
+                "3 command-argument eoa x",
+                "connection-error: 3 error-response protocol request 3: more than 1 requests refused with an error within 100 requests started",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn connection_level_errors_and_application_errors_are_not_counted() {
+    // `fail` is the handler's own error, not the reactor's.
+    let reactor = check_with(
+        ServerReactor::with_limits(flood_limits(100, 1, 0)),
+        &[
+            ("1 command-name eos a", "run 1 a"),
+            ("fail 1 no", "send: 1 error-response application no"),
+            ("3 command-name eos a", "run 3 a"),
+            ("fail 3 no", "send: 3 error-response application no"),
+            (
+                "5 command-name 0 a",
+                "request-error: 5 error-response application request 5: command-name flags must be eos alone, or have-args and/or have-data; got 0",
+            ),
+        ],
+    );
+    assert_eq!(reactor.state(), State::Idle);
+}
+
+#[test]
+fn too_many_cancellations_close_the_connection() {
+    let mut reactor = ServerReactor::with_limits(flood_limits(4, 1, 2));
+    // A burst of 2, then one per 2 requests started; three in a row are
+    // one too many.
+    for id in [1, 3, 5] {
+        step(&mut reactor, &format!("{id} command-name eos sleep"));
+        assert_eq!(reactor.on_cancelled(id), Ok(()), "request {id}");
+        reactor.on_response_finished(id);
+    }
+    step(&mut reactor, "7 command-name eos sleep");
+    let err = reactor.on_cancelled(7).unwrap_err();
+    assert_eq!(err.scope(), Scope::Connection);
+    assert_eq!(
+        format_frame(&err.frame(32768)),
+        "7 error-response protocol request 7: more than 2 requests cancelled within 4 requests started"
+    );
+    assert_eq!(reactor.state(), State::Errored);
+    assert_eq!(
+        step(&mut reactor, "9 command-name eos a"),
+        "connection-error: 9 error-response protocol request 9: frame refused: an earlier protocol error ended this connection"
+    );
+    // Cancellations and errors have their own allowances.
+    let mut reactor = ServerReactor::with_limits(flood_limits(4, 1, 1));
+    assert_eq!(reactor.on_cancelled(1), Ok(()));
+    assert!(step(&mut reactor, "1 command-name 0 a").starts_with("request-error"));
 }
 
 // ------------------------------------------------------------- end of input
