@@ -1,5 +1,6 @@
 //! The demo commands that `wiremux serve` and `wiremux load` use, and that
-//! the tests rely on: `echo`, `sleep`, `spin`, `blob`, `put`, `get`, `fail`.
+//! the tests rely on: `echo`, `sleep`, `spin`, `blob`, `put`, `get`, `fail`,
+//! and `add` (PROTOCOL.md §8.7), whose chains show result pipelining.
 
 use crate::handler::{CommandError, Permission, Registry, Request, Response, SyncHandler};
 use bytes::Bytes;
@@ -26,6 +27,30 @@ fn pattern() -> &'static Bytes {
     })
 }
 
+/// `add a=A b=B`: the sum of two signed 64-bit decimal integers, in
+/// decimal; `overflow` if it does not fit.
+///
+/// ```
+/// use wiremux_engine::{demo::add, Body, Request};
+/// let sum = |a: &str, b: &str| match add(Request::new("add").with_arg("a", a.to_string()).with_arg("b", b.to_string())) {
+///     Ok(response) => match response.body { Body::Bytes(b) => String::from_utf8(b.to_vec()).unwrap(), _ => unreachable!() },
+///     Err(err) => err.to_string(),
+/// };
+/// assert_eq!(sum("1", "2"), "3");
+/// assert_eq!(sum("-5", "3"), "-2");
+/// assert_eq!(sum("9223372036854775807", "1"), "overflow");
+/// assert_eq!(sum("x", "1"), "malformed argument a: `x` is not a valid value");
+/// assert_eq!(add(Request::new("add").with_arg("a", "1")).unwrap_err().to_string(), "missing argument: b");
+/// ```
+pub fn add(req: Request) -> Result<Response, CommandError> {
+    let a: i64 = req.arg_parse("a")?;
+    let b: i64 = req.arg_parse("b")?;
+    let sum = a
+        .checked_add(b)
+        .ok_or_else(|| CommandError::new("overflow"))?;
+    Ok(Response::bytes(sum.to_string()))
+}
+
 /// A registry with every demo command.
 ///
 /// ```
@@ -45,6 +70,7 @@ pub fn registry() -> Registry {
         SyncHandler(|req: Request| Ok(Response::bytes(req.data.unwrap_or_default()))),
     );
     registry.insert("sleep", Permission::Read, sleep);
+    registry.insert("add", Permission::Read, SyncHandler(add));
     registry.insert("spin", Permission::Read, spin);
     registry.insert("blob", Permission::Read, blob);
     registry.insert(

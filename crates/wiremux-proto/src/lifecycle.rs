@@ -520,6 +520,10 @@ impl Lifecycle {
             self.send.move_before(target, token.id);
             self.stop(target, "cancelled");
             self.counters.requests_cancelled += 1;
+            // The target's end, and the failures of what depended on it,
+            // go out before the answer: a client that reads `cancelled`
+            // knows the ID is free and what else ended with it.
+            self.process_ended();
             "cancelled"
         } else {
             "not running"
