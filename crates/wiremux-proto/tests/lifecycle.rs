@@ -513,8 +513,8 @@ fn a_dependency_that_is_cancelled_fails_the_dependent() {
         c.out(),
         [
             "1 error-response application cancelled",
-            "5 bytes-response eos cancelled",
-            "3 error-response application dependency 1 failed"
+            "3 error-response application dependency 1 failed",
+            "5 bytes-response eos cancelled"
         ]
     );
     c.check_all_ended();
@@ -1187,8 +1187,8 @@ fn cancel_a_streaming_request() {
     // What was not framed of the stream is dropped.
     let expected = [
         "1 error-response application cancelled",
-        "5 bytes-response eos cancelled",
         "3 error-response application dependency 1 failed",
+        "5 bytes-response eos cancelled",
     ];
     assert_eq!(c.out(), lines(&expected));
     assert_eq!(c.wire, wire_of(&expected));
