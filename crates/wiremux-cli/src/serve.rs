@@ -32,6 +32,9 @@ pub struct Args {
     /// PEM file of the private key for --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serve Prometheus metrics on `GET /metrics` at this address.
+    #[arg(long, value_name = "ADDR", conflicts_with = "stdio")]
+    metrics: Option<String>,
     /// Serve one connection over stdin/stdout (as an SSH-style transport).
     #[arg(long, conflicts_with_all = ["listen", "unix", "http", "tls_cert"])]
     stdio: bool,
@@ -84,7 +87,17 @@ pub fn run(args: Args) -> CliResult {
         ),
         _ => None,
     };
-    runtime.block_on(serve(server, args.listen, args.unix, http, args.stdio, tls))
+    runtime.block_on(async {
+        if let Some(addr) = &args.metrics {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let local = listener.local_addr().map_err(|e| e.to_string())?;
+            eprintln!("wiremux: metrics on http://{local}/metrics");
+            tokio::spawn(wiremux_http::serve_metrics(listener, server.clone()));
+        }
+        serve(server, args.listen, args.unix, http, args.stdio, tls).await
+    })
 }
 
 async fn serve(

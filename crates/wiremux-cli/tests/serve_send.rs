@@ -787,3 +787,98 @@ fn load_runs_over_tls() {
         stderr(&out)
     );
 }
+
+/// `GET path` over plain HTTP/1.1: (status line, body).
+fn http_get(addr: &str, method: &str, path: &str) -> (String, String) {
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        conn,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+#[test]
+fn serve_metrics_answers_prometheus_text() {
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let (mut metrics_addr, mut listen) = (String::new(), String::new());
+    while metrics_addr.is_empty() || listen.is_empty() {
+        line.clear();
+        use std::io::BufRead;
+        assert!(stderr.read_line(&mut line).unwrap() > 0);
+        if let Some(rest) = line.trim().strip_prefix("wiremux: metrics on http://") {
+            metrics_addr = rest.trim_end_matches("/metrics").to_string();
+        }
+        if let Some(rest) = line.trim().strip_prefix("wiremux: listening on ") {
+            listen = rest.to_string();
+        }
+    }
+    for text in ["one", "two"] {
+        let out = send(
+            &[
+                "--connect",
+                &listen,
+                "1 command-name have-data echo",
+                &format!("1 command-data eos {text}"),
+            ],
+            "",
+        );
+        assert!(out.status.success());
+    }
+    // The server counts a connection closed just after the client sees it
+    // close: scrape until it has.
+    let mut scrape = http_get(&metrics_addr, "GET", "/metrics");
+    for _ in 0..100 {
+        if scrape.1.lines().any(|l| l == "wiremux_connections_open 0") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        scrape = http_get(&metrics_addr, "GET", "/metrics");
+    }
+    let (status, body) = scrape;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    for expected in [
+        "# TYPE wiremux_connections_accepted_total counter",
+        "wiremux_connections_accepted_total 2",
+        "wiremux_connections_open 0",
+        "wiremux_frames_in_total 4",
+        "wiremux_frames_out_total 2",
+        "wiremux_requests_started_total 2",
+        "wiremux_requests_completed_total 2",
+        "wiremux_requests_in_flight 0",
+        "# TYPE wiremux_command_request_duration_seconds histogram",
+    ] {
+        assert!(
+            body.lines().any(|l| l == expected),
+            "no {expected:?} in:\n{body}"
+        );
+    }
+    assert!(body.contains("wiremux_command_requests_started_total{command=\"echo\"}"));
+    assert_eq!(
+        http_get(&metrics_addr, "GET", "/").0,
+        "HTTP/1.1 404 Not Found"
+    );
+    assert_eq!(
+        http_get(&metrics_addr, "POST", "/metrics").0,
+        "HTTP/1.1 405 Method Not Allowed"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -32,6 +32,7 @@ pub mod demo;
 mod executor;
 mod handler;
 mod listener;
+pub mod metrics;
 mod server;
 mod stats;
 pub mod tls;

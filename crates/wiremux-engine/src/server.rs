@@ -243,6 +243,12 @@ impl Server {
         self.serve(listener).await
     }
 
+    /// What the connections share (counters included).
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// The server-wide connection slots, shared by every accept loop.
     pub(crate) fn connection_slots(&self) -> &Arc<Semaphore> {
         &self.shared.connection_slots

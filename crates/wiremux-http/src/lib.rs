@@ -45,6 +45,7 @@
 
 mod client;
 mod exchange;
+mod metrics;
 mod options;
 mod responses;
 mod route;
@@ -52,6 +53,7 @@ mod serve;
 mod service;
 
 pub use client::{HttpClient, HttpError, HttpResponse};
+pub use metrics::serve_metrics;
 pub use options::HttpOptions;
 pub use route::API_ROOT;
 pub use serve::{serve, serve_on, serve_tls};
