@@ -33,6 +33,8 @@ mod executor;
 mod handler;
 mod listener;
 pub mod metrics;
+pub mod pool;
+pub mod reconnect;
 mod server;
 mod stats;
 pub mod tls;
