@@ -22,8 +22,6 @@ pub const LATENCY_BUCKETS: [f64; 16] = [
 ];
 
 /// [`LATENCY_BUCKETS`] in nanoseconds, for the recording path.
-// Until every transport records per-command outcomes (the executor).
-#[allow(dead_code)]
 const BUCKET_NANOS: [u64; 16] = [
     100_000,
     250_000,
@@ -54,7 +52,6 @@ pub const UNKNOWN_COMMAND: &str = "(unknown)";
 /// request for a further name is counted under [`UNKNOWN_COMMAND`] at
 /// once. Registries rarely have this many commands, and a connection
 /// rarely uses more than a few of them between two wake-ups.
-#[allow(dead_code)]
 const LOCAL_COMMANDS: usize = 64;
 
 /// Shared counters of a server.
@@ -185,7 +182,6 @@ impl LocalCommand {
     }
 }
 
-#[allow(dead_code)] // called by the transports' request paths
 impl LocalStats {
     /// The slot counting `command`, added if new (within the bound).
     fn command(&mut self, command: &[u8]) -> &mut LocalCommand {
