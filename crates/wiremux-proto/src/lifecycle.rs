@@ -154,8 +154,14 @@ enum Phase {
 struct Held {
     request: Request,
     waiting: usize,
-    uses: Vec<(Bytes, u16)>,
+    uses: Vec<Use>,
 }
+
+/// A `@use:NAME` of a request: the argument name, the ID it names, and,
+/// once that request has ended, its kept body taken then (`None` inside:
+/// it was not kept). Taken when the named request ends, not when this one
+/// runs: a new command on that ID meanwhile is not the one named.
+type Use = (Bytes, u16, Option<Option<Bytes>>);
 
 #[derive(Debug)]
 struct Entry {
@@ -428,6 +434,13 @@ impl Lifecycle {
             }
         }
         let Reserved { uses, .. } = reserved;
+        let uses: Vec<Use> = uses
+            .into_iter()
+            .map(|(name, dep)| {
+                let body = (!waiting.contains(&dep)).then(|| self.kept.get(&dep).cloned());
+                (name, dep, body)
+            })
+            .collect();
         if waiting.is_empty() {
             return self.release(Token { id, seq }, request, uses);
         }
@@ -472,16 +485,13 @@ impl Lifecycle {
     }
 
     /// Every dependency has ended: substitute used results and run.
-    fn release(&mut self, token: Token, mut request: Request, uses: Vec<(Bytes, u16)>) {
+    fn release(&mut self, token: Token, mut request: Request, uses: Vec<Use>) {
         let id = token.id;
-        for (name, dep) in uses {
-            if self.failed.get(dep) {
-                return self.fail_request(id, &format!("dependency {dep} failed"));
-            }
-            let Some(body) = self.kept.get(&dep) else {
+        for (name, dep, body) in uses {
+            let Some(Some(body)) = body else {
                 return self.fail_request(id, &format!("response {dep} was not kept"));
             };
-            request.args.push((name, body.clone()));
+            request.args.push((name, body));
         }
         let size: usize = request
             .args
@@ -737,6 +747,11 @@ impl Lifecycle {
             if how == End::Failed {
                 self.fail_request(waiter.id, &format!("dependency {id} failed"));
                 continue;
+            }
+            for (_, dep, body) in &mut held.uses {
+                if *dep == id && body.is_none() {
+                    *body = Some(self.kept.get(&id).cloned());
+                }
             }
             held.waiting -= 1;
             if held.waiting == 0 {
