@@ -1797,3 +1797,51 @@ fn with_arg_helper_matches_the_builder() {
     c.body(1, "ok");
     c.check_all_ended();
 }
+
+#[test]
+fn a_held_request_depends_on_the_request_it_named_not_on_a_later_one_on_that_id() {
+    // 3 names request 1 (ended, kept) and waits for 5. The client may then
+    // start a new command on ID 1 (3 is no longer being sent): that frees
+    // the kept body for later @use (section 8.4), but 3 has taken it
+    // already, and the new request on ID 1 is not the one 3 named.
+    let mut c = Conn::new();
+    c.cmd(1, "a @keep");
+    c.cmd(5, "slow");
+    c.events();
+    c.body(1, "old");
+    c.cmd(3, "b @use:x=1 @after=5");
+    c.cmd(1, "a @keep");
+    assert_eq!(c.lc.kept_bytes(), 0);
+    assert_lines!(c.events(), ["run 1 a"]);
+    c.body(1, "new");
+    c.body(5, "ok");
+    assert_lines!(c.events(), ["run 3 b x=old"]);
+    c.body(3, "fine");
+    c.cmd(7, "b @use:x=1");
+    assert_lines!(c.events(), ["run 7 b x=new"]);
+    c.body(7, "fine");
+    assert_lines!(
+        c.out(),
+        [
+            "1 bytes-response eos old",
+            "1 bytes-response eos new",
+            "5 bytes-response eos ok",
+            "3 bytes-response eos fine",
+            "7 bytes-response eos fine"
+        ]
+    );
+    // And a later request on the ID that fails does not fail 3's dependency.
+    let mut c = Conn::new();
+    c.cmd(1, "a");
+    c.cmd(5, "slow");
+    c.events();
+    c.body(1, "old");
+    c.cmd(3, "b @after=1,5");
+    c.cmd(1, "a");
+    c.events();
+    c.error(1, "no");
+    c.body(5, "ok");
+    assert_lines!(c.events(), ["run 3 b"]);
+    c.body(3, "fine");
+    c.check_all_ended();
+}
