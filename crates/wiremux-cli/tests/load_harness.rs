@@ -815,3 +815,46 @@ fn rtt_puts_a_relay_in_the_way() {
         .unwrap()
         .ends_with("through a relay adding 40ms to each round trip"));
 }
+
+#[test]
+fn http_loads_the_api_one_command_or_a_multirequest_per_post() {
+    let mut serve = common::Serve::start(&["--http", "127.0.0.1:0"]);
+    let url = serve.listening.clone();
+    for inflight in ["1", "8"] {
+        let out = load(&[
+            "--http",
+            &url,
+            "--requests",
+            "400",
+            "--warmup",
+            "0s",
+            "--connections",
+            "2",
+            "--inflight",
+            inflight,
+            "--mix",
+            "echo:8,get(key=nope):1,fail(message=boom):1",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "--inflight {inflight}: {}",
+            stderr(&out)
+        );
+        let v = json(&out);
+        assert_eq!(v["responses"], 400, "--inflight {inflight}");
+        assert_eq!(v["expected_errors"], 80, "--inflight {inflight}");
+        assert_eq!(v["clean"], true);
+        assert!(v["target"]
+            .as_str()
+            .unwrap()
+            .ends_with("/api/exp-http-v2-0001/ (HTTP)"));
+    }
+    let out = load(&["--http", &url, "--requests", "10", "--mix", "ecco"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out),
+        "wiremux: 10 of 10 requests failed; the first: ecco: the server answered `unknown command: ecco`\n"
+    );
+    serve.kill();
+}

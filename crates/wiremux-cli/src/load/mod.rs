@@ -9,6 +9,7 @@
 
 mod conn;
 mod histo;
+mod http;
 mod merge;
 mod mix;
 mod plot;
@@ -46,6 +47,11 @@ pub struct Args {
     /// Accept any server certificate (test servers only).
     #[arg(long, requires = "connect", conflicts_with = "ca")]
     insecure: bool,
+    /// Load the HTTP API at this address (`host:port` or a URL): one
+    /// command per POST with `--inflight 1`, else W commands per
+    /// `multirequest` POST; closed loop only.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["connect", "unix", "compare_in_order", "rate", "rtt", "compare_round_trips"])]
+    http: Option<String>,
     /// Load the server at this Unix socket.
     #[arg(long, value_name = "PATH", conflicts_with = "connect")]
     unix: Option<PathBuf>,
@@ -258,7 +264,10 @@ fn load(
     duration: Option<Duration>,
     report: Option<&ReportFile>,
 ) -> CliResult {
-    let embedded = args.connect.is_none() && args.unix.is_none();
+    let embedded = args.connect.is_none() && args.unix.is_none() && args.http.is_none();
+    if args.http.is_some() && mix.max_chain_len() > 0 {
+        return Err("chains over --http are not supported yet".into());
+    }
     let threads = args.threads.map(|t| t as usize).unwrap_or_else(|| {
         if embedded {
             1
@@ -315,9 +324,13 @@ fn load(
         generator,
     };
     if !embedded {
-        let (target, label) = match (&args.connect, &args.unix) {
-            (Some(addr), _) => (Target::Tcp(addr.clone()), addr.clone()),
-            (_, Some(path)) => (Target::Unix(path.clone()), path.display().to_string()),
+        let (target, label) = match (&args.connect, &args.unix, &args.http) {
+            (Some(addr), _, _) => (Target::Tcp(addr.clone()), addr.clone()),
+            (_, Some(path), _) => (Target::Unix(path.clone()), path.display().to_string()),
+            (_, _, Some(addr)) => {
+                let root = http::api_root(addr);
+                (Target::Http(root.clone()), format!("{root} (HTTP)"))
+            }
             _ => unreachable!("not embedded"),
         };
         plan.target = target;
@@ -346,7 +359,7 @@ fn load(
             plan.target = Target::Tcp(relay.addr.to_string());
             Some(relay)
         }
-        (Some(_), Target::Unix(_)) => return Err("--rtt works over TCP only".into()),
+        (Some(_), _) => return Err("--rtt works over TCP only".into()),
     };
     if let Rate::Steps { from, to, steps } = rate {
         let step = steps::Steps {

@@ -35,12 +35,14 @@ use tokio::sync::Notify;
 pub enum Target {
     Tcp(String),
     Unix(std::path::PathBuf),
+    /// The HTTP API at this root URL.
+    Http(String),
 }
 
 impl Target {
     fn label(&self) -> String {
         match self {
-            Target::Tcp(addr) => addr.clone(),
+            Target::Tcp(addr) | Target::Http(addr) => addr.clone(),
             Target::Unix(path) => path.display().to_string(),
         }
     }
@@ -364,7 +366,11 @@ fn generator(
         // Connect this thread's share of the connections first.
         let mine: Vec<usize> = (t..plan.connections).step_by(threads).collect();
         let mut streams = Vec::with_capacity(mine.len());
-        for _ in &mine {
+        let http = match &plan.target {
+            Target::Http(root) => Some(root.clone()),
+            _ => None,
+        };
+        for _ in mine.iter().filter(|_| http.is_none()) {
             match connect(&plan.target).await {
                 Ok(s) => streams.push(s),
                 Err(e) => {
@@ -396,6 +402,14 @@ fn generator(
         });
         let notifies: Vec<Rc<Notify>> = streams.iter().map(|_| Rc::new(Notify::new())).collect();
         let mut tasks = Vec::new();
+        if let Some(root) = &http {
+            for _ in &mine {
+                tasks.push(tokio::task::spawn_local(super::http::worker(
+                    shared.clone(),
+                    root.clone(),
+                )));
+            }
+        }
         for (stream, notify) in streams.into_iter().zip(&notifies) {
             let conn = Conn::new(stream, shared.clone(), notify.clone());
             tasks.push(tokio::task::spawn_local(conn.run()));
@@ -477,6 +491,7 @@ async fn connect(target: &Target) -> Result<Stream, String> {
         )),
         #[cfg(not(unix))]
         Target::Unix(_) => Err("Unix sockets need a Unix system".into()),
+        Target::Http(_) => unreachable!("HTTP workers connect by themselves"),
     }
 }
 
