@@ -192,6 +192,8 @@ fuzz_target!(|data: &[u8]| {
             max_request_bytes: 256,
             max_connection_bytes: 1024,
             max_send_payload: 8 + usize::from(knobs & 0x7) * 8,
+            max_discard_bytes: 512,
+            ..Limits::default()
         },
         in_order: knobs & 0x08 != 0,
         request_deadline: (knobs & 0x10 != 0).then(|| Duration::from_millis(50)),
