@@ -48,7 +48,9 @@ async fn abandoned_calls_never_corrupt_the_connection() {
         .map(|i| {
             let client = client.clone();
             tokio::spawn(async move {
-                let ms = (100 + i % 50).to_string();
+                // Long enough to be running whenever the cancel arrives,
+                // however loaded the machine.
+                let ms = (60_000 + i % 50).to_string();
                 client.call("sleep").arg("ms", ms).send().await
             })
         })

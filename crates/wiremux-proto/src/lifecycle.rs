@@ -521,11 +521,13 @@ impl Lifecycle {
             Ok(target) => target,
             Err(err) => return self.fail_request(token.id, err.message()),
         };
+        // A request whose terminal frame is decided but not yet framed
+        // (the rest of a large body waits its turn) has not ended either.
         let stoppable = target != token.id
             && self
                 .entries
                 .get(&target)
-                .is_some_and(|e| !matches!(e.phase, Phase::Ending));
+                .is_some_and(|e| !matches!(e.phase, Phase::Ending) || self.send.is_pending(target));
         let answer = if stoppable {
             self.send.move_before(target, token.id);
             self.stop(target, "cancelled");
@@ -916,4 +918,53 @@ enum DepState {
     Pending,
     Failed,
     Unknown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::human::{format_frame, parse_frame};
+
+    #[test]
+    fn a_large_body_still_being_framed_can_be_cancelled() {
+        let now = Instant::now();
+        let mut config = LifecycleConfig::default();
+        config.limits.max_send_payload = 16;
+        let mut lc = Lifecycle::new(config);
+        lc.on_frame(parse_frame("1 command-name eos blob").unwrap(), now);
+        let Some(Event::Run(token, _)) = lc.poll_event() else {
+            panic!("expected a run")
+        };
+        lc.on_body(token, Bytes::from(vec![b'a'; 40]));
+        // One frame of it goes out; the rest waits its turn.
+        let first = lc.poll_transmit(1).split().freeze();
+        let lines = |wire: &[u8]| -> Vec<String> {
+            crate::decode_all(wire)
+                .unwrap()
+                .iter()
+                .map(format_frame)
+                .collect()
+        };
+        assert_eq!(
+            lines(&first),
+            [format!("1 bytes-response continuation {}", "a".repeat(16))]
+        );
+        lc.on_frame(
+            parse_frame("3 command-name have-args @cancel").unwrap(),
+            now,
+        );
+        lc.on_frame(
+            parse_frame(r"3 command-argument eoa \x02\x00\x01\x00id1").unwrap(),
+            now,
+        );
+        let rest = lc.poll_transmit(usize::MAX).split().freeze();
+        assert_eq!(
+            lines(&rest),
+            [
+                "1 error-response application cancelled",
+                "3 bytes-response eos cancelled"
+            ]
+        );
+        assert!(lc.is_done());
+    }
 }
