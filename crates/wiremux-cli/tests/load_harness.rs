@@ -858,3 +858,37 @@ fn http_loads_the_api_one_command_or_a_multirequest_per_post() {
     );
     serve.kill();
 }
+
+#[test]
+fn chains_are_pipelined_checked_and_compared_with_round_trips() {
+    let out = load(&[
+        "--requests",
+        "100",
+        "--warmup",
+        "0s",
+        "--connections",
+        "1",
+        "--inflight",
+        "4",
+        "--mix",
+        "chain(len=8):1,echo:1",
+        "--compare-round-trips",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&out);
+    for key in ["pipelined", "link_by_link"] {
+        assert_eq!(v[key]["clean"], true, "{key}");
+        assert_eq!(v[key]["responses"], 100, "{key}");
+        assert_eq!(
+            v[key]["latency_us_by_command"]["chain(len=8)"]["count"], 50,
+            "{key}"
+        );
+    }
+    assert!(v["ratios"]["p50_latency"].as_f64().unwrap() > 0.0);
+    let out = load(&["--mix", "echo", "--compare-round-trips", "--duration", "1s"]);
+    assert_eq!(
+        stderr(&out),
+        "wiremux: --compare-round-trips needs a chain in the mix, e.g. --mix 'chain(len=8)'\n"
+    );
+}
