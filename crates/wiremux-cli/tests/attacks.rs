@@ -524,3 +524,91 @@ fn a_flooding_client_does_not_starve_another() {
     );
     assert!(answered > 0);
 }
+
+#[test]
+fn a_start_and_cancel_flood_answers_every_request_once() {
+    let server = ServeProcess::start();
+    let before = server.rss_kib();
+    let sampler = RssSampler::start(&server);
+    let victim = Victim::start(&server);
+    let s = server.connect();
+    let mut r = s.try_clone().unwrap();
+    let mut buf = BytesMut::new();
+    // 4 rounds of 8192 pairs: a `sleep ms=60000` on ID 4k+1 and its
+    // `@cancel` on 4k+3. A round's IDs are used again only once it is
+    // answered.
+    let (rounds, pairs) = (4u32, 8192u16);
+    let mut answered = 0u64;
+    let mut cut = None;
+    'rounds: for _ in 0..rounds {
+        let mut wire = BytesMut::new();
+        for k in 0..pairs {
+            let (target, cancel) = (4 * k + 1, 4 * k + 3);
+            CommandBuilder::new("sleep")
+                .arg("ms", "60000")
+                .encode(target, 32768, &mut wire)
+                .unwrap();
+            CommandBuilder::new("@cancel")
+                .arg("id", target.to_string())
+                .encode(cancel, 32768, &mut wire)
+                .unwrap();
+        }
+        let writer = {
+            let mut s = s.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let _ = s.write_all(&wire);
+            })
+        };
+        let mut answers = std::collections::HashMap::new();
+        while answers.len() < 2 * usize::from(pairs) {
+            let Some(frame) = read_frame(&mut r, &mut buf) else {
+                break;
+            };
+            let line = format_frame(&frame);
+            if frame.flags.contains(wiremux_proto::Flags::PROTOCOL)
+                && frame.frame_type == wiremux_proto::FrameType::ERROR_RESPONSE
+            {
+                cut = Some(line);
+                break 'rounds;
+            }
+            let id = frame.request_id;
+            let expected = if id % 4 == 1 {
+                format!("{id} error-response application cancelled")
+            } else {
+                format!("{id} bytes-response eos cancelled")
+            };
+            assert_eq!(line, expected);
+            assert!(
+                answers.insert(id, ()).is_none(),
+                "a second answer for request {id}"
+            );
+            answered += 1;
+        }
+        writer.join().unwrap();
+        assert_eq!(answers.len(), 2 * usize::from(pairs), "requests unanswered");
+    }
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let (calls, p50, p99, max) = victim.stop();
+    let peak = sampler.peak().max(before);
+    println!(
+        "start-and-cancel flood: {answered} answers (each request once), cut: {cut:?}; \
+         server RSS {before} KiB, peak {peak} KiB; victim {calls} calls, p50 {p50:?}, p99 {p99:?}, max {max:?}"
+    );
+    // The cancellation limit of the core, once the lifecycle reports
+    // cancellations to it, cuts the connection with this error; until then
+    // every pair is answered.
+    if let Some(cut) = cut {
+        assert!(
+            cut.ends_with("requests cancelled within 1024 requests started"),
+            "{cut}"
+        );
+    } else {
+        assert_eq!(answered, u64::from(rounds) * 2 * u64::from(pairs));
+    }
+    assert!(
+        peak < before + 64 * 1024,
+        "server grew by {} KiB",
+        peak - before
+    );
+    server.assert_serving();
+}
