@@ -825,6 +825,55 @@ mod tests {
         }
 
         #[test]
+        fn a_pinned_id_is_never_handed_out_before_it_ends_and_is_unpinned(
+            ops in proptest::collection::vec((0u8..4, prop::sample::Index::arbitrary()), 0..400)
+        ) {
+            // The model: for each ID handed out, whether its own request
+            // is still active and how many active requests name it.
+            let mut ids = IdAllocator::new();
+            let mut model: std::collections::BTreeMap<u16, (bool, u32)> = Default::default();
+            for (op, pick) in ops {
+                let busy: Vec<u16> = model.keys().copied().collect();
+                match op {
+                    0 => {
+                        let id = ids.allocate().unwrap();
+                        prop_assert!(!model.contains_key(&id), "{id} handed out while busy");
+                        model.insert(id, (true, 0));
+                    }
+                    _ if busy.is_empty() => {}
+                    1 => {
+                        let id = busy[pick.index(busy.len())];
+                        ids.release(id);
+                        model.get_mut(&id).unwrap().0 = false;
+                    }
+                    2 => {
+                        let id = busy[pick.index(busy.len())];
+                        // Only an active request can be named.
+                        if model[&id].0 {
+                            ids.pin(id);
+                            model.get_mut(&id).unwrap().1 += 1;
+                        }
+                    }
+                    _ => {
+                        let pinned: Vec<u16> =
+                            busy.iter().copied().filter(|id| model[id].1 > 0).collect();
+                        if !pinned.is_empty() {
+                            let id = pinned[pick.index(pinned.len())];
+                            ids.unpin(id);
+                            model.get_mut(&id).unwrap().1 -= 1;
+                        }
+                    }
+                }
+                model.retain(|_, (active, pins)| *active || *pins > 0);
+                prop_assert_eq!(ids.in_use(), model.len());
+                for (id, (_, pins)) in &model {
+                    prop_assert!(ids.is_active(*id));
+                    prop_assert_eq!(ids.is_pinned(*id), *pins > 0);
+                }
+            }
+        }
+
+        #[test]
         fn arbitrary_frames_never_panic_the_assembler(frames in proptest::collection::vec((any::<u16>(), 0u8..16, 0u8..16, proptest::collection::vec(any::<u8>(), 0..20)), 0..50)) {
             let mut asm = ResponseAssembler::new();
             for id in (1..20).step_by(2) { asm.expect(id); }

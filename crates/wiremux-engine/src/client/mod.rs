@@ -33,7 +33,8 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), wiremux_engine::client::Error> {
 //! let client = wiremux_engine::Client::connect("127.0.0.1:7878").await?;
-//! // Three calls, one round trip: each adds to the previous sum.
+//! // Three calls, one round trip (plus, the first time on a connection,
+//! // the `@capabilities` probe): each adds to the previous sum.
 //! let a = client.call("add").arg("a", "1").arg("b", "2").start();
 //! let b = client.call("add").use_result("a", &a).arg("b", "10").start();
 //! let c = client.call("add").use_result("a", &b).arg("b", "100").start();
