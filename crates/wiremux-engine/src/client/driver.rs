@@ -187,6 +187,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
     /// Takes a handle's submission.
     fn accept(&mut self, submit: Submit) {
         match submit {
+            Submit::Job(job) => self.enqueue(job),
             Submit::Jobs(jobs) => {
                 for job in jobs {
                     self.enqueue(job);
@@ -420,6 +421,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
 
     /// The calls held for the call of slot `key` try again.
     fn wake_blocked(&mut self, key: usize) {
+        if self.blocked_on.is_empty() {
+            return;
+        }
         if let Some(seqs) = self.blocked_on.remove(&key) {
             for seq in seqs.into_iter().rev() {
                 self.unhold(seq);

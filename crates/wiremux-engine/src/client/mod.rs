@@ -112,6 +112,8 @@ pub(crate) enum Reply {
 /// What handles send the driver.
 #[derive(Debug)]
 pub(crate) enum Submit {
+    /// A call whose answer goes to its handle.
+    Job(Job),
     /// Calls whose answers go to their handles.
     Jobs(Vec<Job>),
     /// A pipeline's calls, and where their answers go.
@@ -203,16 +205,24 @@ impl Client {
     /// any [`Call`] does this too, so a chain started before the first
     /// await goes out in one batch.
     pub fn flush(&self) {
-        let jobs = std::mem::take(&mut *lock(&self.outbox));
-        if jobs.is_empty() {
-            return;
-        }
-        if let Err(mpsc::error::SendError(Submit::Jobs(jobs))) = self.calls.send(Submit::Jobs(jobs))
-        {
-            for job in jobs {
-                if let Some(slot) = job.slot {
-                    slot.finish(Err(closed()));
-                }
+        let submit = {
+            let mut outbox = lock(&self.outbox);
+            match outbox.len() {
+                0 => return,
+                // One call (the common case): no vector to hand over.
+                1 => Submit::Job(outbox.pop().expect("one")),
+                _ => Submit::Jobs(std::mem::take(&mut *outbox)),
+            }
+        };
+        let jobs = match self.calls.send(submit) {
+            Ok(()) => return,
+            Err(mpsc::error::SendError(Submit::Job(job))) => vec![job],
+            Err(mpsc::error::SendError(Submit::Jobs(jobs))) => jobs,
+            Err(_) => return,
+        };
+        for job in jobs {
+            if let Some(slot) = job.slot {
+                slot.finish(Err(closed()));
             }
         }
     }
