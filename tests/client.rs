@@ -79,13 +79,14 @@ async fn abandoned_calls_never_corrupt_the_connection() {
     let stats = wait_idle(&server).await;
     assert_eq!(stats.protocol_errors, 0, "{stats:?}");
     assert_eq!(stats.requests_in_flight, 0, "{stats:?}");
-    // The 200 sleeps and the blob were cancelled (each with an @cancel of
-    // its own), after one capability probe; of the 100 echoes abandoned
-    // once queued, the ones that were sent may have been cancelled too.
-    // The 1001 calls after them all succeeded (all_correct checked them).
-    let started = stats.requests_started;
-    assert!((1404..=1604).contains(&started), "{stats:?}");
-    assert!((201..=301).contains(&stats.requests_failed), "{stats:?}");
+    // The sleeps and the blob still running when their callers went were
+    // cancelled (each with an @cancel of its own), after one capability
+    // probe; of the 100 echoes abandoned once queued, the ones sent and
+    // not yet answered may have been cancelled too. The 1001 calls after
+    // them all succeeded (all_correct checked them).
+    assert!(stats.requests_started >= 1203, "{stats:?}");
+    assert!(stats.requests_completed >= 1002, "{stats:?}");
+    assert!(stats.requests_failed <= 301, "{stats:?}");
 }
 
 /// A fake server: takes one connection, reads `frames` frames, then does
