@@ -196,19 +196,33 @@ impl Executor {
                 return self.deliver(lifecycle, token, outcome, now);
             }
         };
+        // The first poll runs the handler's code (it may start a timer or
+        // work on the blocking pool), so it takes a server-wide slot too:
+        // without one the handler waits, not polled, behind the others.
+        let permit = match self.waiting.is_empty() {
+            true => self.shared.executing.clone().try_acquire_owned().ok(),
+            false => None,
+        };
+        let Some(permit) = permit else {
+            drop(entered);
+            return self.waiting.push_back(Waiting { token, fut, span });
+        };
         // A no-op waker: a handler not ready moves to its own task, which
         // polls it again with a real one.
         let waker = futures::task::noop_waker();
         let mut noop = Context::from_waker(&waker);
         match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut noop))) {
-            Ok(Poll::Ready(outcome)) => self.deliver(lifecycle, token, outcome, now),
-            Err(panic) => self.deliver(lifecycle, token, Err(caught_panic(&*panic)), now),
+            Ok(Poll::Ready(outcome)) => {
+                drop(permit);
+                self.deliver(lifecycle, token, outcome, now)
+            }
+            Err(panic) => {
+                drop(permit);
+                self.deliver(lifecycle, token, Err(caught_panic(&*panic)), now)
+            }
             Ok(Poll::Pending) => {
                 drop(entered);
-                match self.shared.executing.clone().try_acquire_owned() {
-                    Ok(permit) if self.waiting.is_empty() => self.spawn(token, fut, permit, span),
-                    _ => self.waiting.push_back(Waiting { token, fut, span }),
-                }
+                self.spawn(token, fut, permit, span)
             }
         }
     }
