@@ -199,3 +199,111 @@ pub fn sorted(mut lines: Vec<String>) -> Vec<String> {
     lines.sort();
     lines
 }
+
+/// A connection served with [`Server::serve_io`] over an in-memory pipe
+/// (`tokio::io::duplex`), for tests on paused time: frames out, decoded
+/// frames in, and a check that does not wait (so that no timer is moved
+/// on by waiting).
+pub struct Duplex {
+    pub stream: tokio::io::DuplexStream,
+    /// What `serve_io` returned, once it has.
+    pub served: JoinHandle<std::io::Result<()>>,
+    buf: BytesMut,
+    codec: FrameCodec,
+}
+
+impl Duplex {
+    /// Serves `server` on one end of a pipe of `capacity` bytes each way.
+    pub fn serve(server: &Server, capacity: usize) -> Duplex {
+        let (stream, theirs) = tokio::io::duplex(capacity);
+        let server = server.clone();
+        let served = tokio::spawn(async move { server.serve_io(theirs).await });
+        Duplex {
+            stream,
+            served,
+            buf: BytesMut::new(),
+            codec: FrameCodec::new().max_recv_payload(1 << 20),
+        }
+    }
+
+    /// Sends frames written in human syntax, all in one write.
+    pub async fn send(&mut self, lines: &[&str]) {
+        let mut out = Vec::new();
+        for line in lines {
+            parse_frame(line)
+                .unwrap_or_else(|e| panic!("bad test frame {line:?}: {e}"))
+                .encode(&mut out);
+        }
+        self.write(&out).await;
+    }
+
+    /// Sends a command built with the proto builder on `id`.
+    pub async fn send_command(&mut self, id: u16, command: CommandBuilder) {
+        let mut out = BytesMut::new();
+        command.encode(id, 32768, &mut out).unwrap();
+        self.write(&out).await;
+    }
+
+    /// Sends raw bytes.
+    pub async fn write(&mut self, bytes: &[u8]) {
+        within("write", self.stream.write_all(bytes)).await.unwrap();
+    }
+
+    /// The next frame in human syntax, waiting (on paused time, the clock
+    /// runs on to the next timer); `None` when the server closed.
+    pub async fn frame(&mut self) -> Option<String> {
+        loop {
+            if let Some(frame) = self.codec.decode_frame(&mut self.buf).unwrap() {
+                return Some(format_frame(&frame));
+            }
+            self.buf.reserve(64 << 10);
+            let n = within("a frame", self.stream.read_buf(&mut self.buf))
+                .await
+                .unwrap();
+            if n == 0 {
+                assert!(self.buf.is_empty(), "closed inside a frame");
+                return None;
+            }
+        }
+    }
+
+    /// The next `n` frames in human syntax.
+    pub async fn lines(&mut self, n: usize) -> Vec<String> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            match self.frame().await {
+                Some(line) => out.push(line),
+                None => panic!("closed after {} frames; expected {n}", out.len()),
+            }
+        }
+        out
+    }
+
+    /// Lets every other task run until none can, without moving the
+    /// clock; then what has arrived: frames, and whether the server closed
+    /// its end.
+    pub async fn settle(&mut self) -> (Vec<String>, bool) {
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        let mut lines = Vec::new();
+        let mut closed = false;
+        loop {
+            if let Some(frame) = self.codec.decode_frame(&mut self.buf).unwrap() {
+                lines.push(format_frame(&frame));
+                continue;
+            }
+            self.buf.reserve(64 << 10);
+            use futures::FutureExt;
+            match self.stream.read_buf(&mut self.buf).now_or_never() {
+                Some(Ok(0)) | Some(Err(_)) => {
+                    closed = true;
+                    break;
+                }
+                Some(Ok(_)) => {}
+                None => break,
+            }
+        }
+        (lines, closed)
+    }
+}
