@@ -310,6 +310,12 @@ impl Registry {
             .insert(Bytes::copy_from_slice(name.as_bytes()), entry);
     }
 
+    /// Adds every command of `other`; one of the same name as a command
+    /// here replaces it.
+    pub(crate) fn merge(&mut self, other: Registry) {
+        self.commands.extend(other.commands);
+    }
+
     /// The names of the registered commands, in no order.
     pub(crate) fn names(&self) -> impl Iterator<Item = &Bytes> {
         self.commands.keys()

@@ -29,8 +29,16 @@ pub(crate) struct Shared {
 
 /// Builds a [`Server`].
 ///
+/// The order of the calls does not matter: [`ServerBuilder::config`] is
+/// the base of the settings, and the setters ([`ServerBuilder::read_only`],
+/// [`ServerBuilder::request_deadline`], [`ServerBuilder::max_executing`],
+/// [`ServerBuilder::in_order`]) apply on top of it whether they come before
+/// or after it. Commands accumulate: [`ServerBuilder::registry`] adds a
+/// prepared registry's commands to those added so far, and where two
+/// calls name the same command the later one wins.
+///
 /// ```
-/// use wiremux_engine::{CommandError, Permission, Request, Response, Server};
+/// use wiremux_engine::{CommandError, Config, Permission, Request, Response, Server};
 ///
 /// async fn hello(req: Request) -> Result<Response, CommandError> {
 ///     let who = req.arg_str("who")?;
@@ -40,17 +48,29 @@ pub(crate) struct Shared {
 /// let server = Server::builder()
 ///     .command("hello", Permission::Read, hello)
 ///     .read_only(true)
+///     .registry(wiremux_engine::demo::registry())
+///     .config(Config { max_executing: 64, ..Config::default() })
 ///     .build();
+/// // The setter before `.config()` still holds, and so does `hello`.
+/// assert!(server.config().read_only);
+/// assert_eq!(server.config().max_executing, 64);
+/// assert!(server.registry().permission(b"hello").is_some());
+/// assert!(server.registry().permission(b"echo").is_some());
 /// assert_eq!(server.stats().connections_open, 0);
 /// ```
 #[derive(Default)]
 pub struct ServerBuilder {
     registry: Registry,
-    config: Config,
+    config: Option<Config>,
+    read_only: Option<bool>,
+    request_deadline: Option<Duration>,
+    max_executing: Option<usize>,
+    in_order: Option<bool>,
 }
 
 impl ServerBuilder {
-    /// Registers an async function or closure as command `name`.
+    /// Registers an async function or closure as command `name`, replacing
+    /// any command of that name added before.
     pub fn command(
         mut self,
         name: &str,
@@ -69,55 +89,78 @@ impl ServerBuilder {
         self.command(name, permission, ServiceHandler(service))
     }
 
-    /// Uses a prepared registry (its commands replace those added so far).
+    /// Adds every command of a prepared registry to those added so far;
+    /// one of the same name as an earlier command replaces it.
     pub fn registry(mut self, registry: Registry) -> ServerBuilder {
-        self.registry = registry;
+        self.registry.merge(registry);
         self
     }
 
-    /// Replaces all settings.
+    /// The base settings: every setting the builder's setters do not set
+    /// comes from here (or from [`Config::default`] without this call).
+    /// The setters win whatever the order of the calls; of two calls to
+    /// this, the later one is the base.
     pub fn config(mut self, config: Config) -> ServerBuilder {
-        self.config = config;
+        self.config = Some(config);
         self
     }
 
     /// Refuses write commands on every connection.
     pub fn read_only(mut self, read_only: bool) -> ServerBuilder {
-        self.config.read_only = read_only;
+        self.read_only = Some(read_only);
         self
     }
 
     /// Cancels handlers that run longer than `deadline`.
     pub fn request_deadline(mut self, deadline: Duration) -> ServerBuilder {
-        self.config.request_deadline = Some(deadline);
+        self.request_deadline = Some(deadline);
         self
     }
 
     /// Requests in flight per connection before it stops reading.
     pub fn max_executing(mut self, max: usize) -> ServerBuilder {
-        self.config.max_executing = max;
+        self.max_executing = Some(max);
         self
     }
 
     /// Sends responses in request order (a baseline for comparisons).
     pub fn in_order(mut self, in_order: bool) -> ServerBuilder {
-        self.config.in_order = in_order;
+        self.in_order = Some(in_order);
         self
+    }
+
+    /// The settings the server will have: the base, then the setters.
+    fn settings(&self) -> Config {
+        let mut config = self.config.clone().unwrap_or_default();
+        if let Some(read_only) = self.read_only {
+            config.read_only = read_only;
+        }
+        if let Some(deadline) = self.request_deadline {
+            config.request_deadline = Some(deadline);
+        }
+        if let Some(max) = self.max_executing {
+            config.max_executing = max;
+        }
+        if let Some(in_order) = self.in_order {
+            config.in_order = in_order;
+        }
+        config
     }
 
     /// The server.
     pub fn build(self) -> Server {
+        let config = self.settings();
         let executing = Arc::new(Semaphore::new(
-            self.config.max_server_executing.min(Semaphore::MAX_PERMITS),
+            config.max_server_executing.min(Semaphore::MAX_PERMITS),
         ));
         let stats = Stats::for_commands(self.registry.names());
         let connection_slots = Arc::new(Semaphore::new(
-            self.config.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+            config.max_connections.clamp(1, Semaphore::MAX_PERMITS),
         ));
         Server {
             shared: Arc::new(Shared {
                 registry: self.registry,
-                config: self.config,
+                config,
                 stats,
                 executing,
                 shutdown: CancellationToken::new(),
@@ -252,5 +295,119 @@ impl Server {
     /// The server-wide connection slots, shared by every accept loop.
     pub(crate) fn connection_slots(&self) -> &Arc<Semaphore> {
         &self.shared.connection_slots
+    }
+}
+
+#[cfg(test)]
+mod builder_tests {
+    use super::*;
+    use crate::handler::{Request, Response, SyncHandler};
+
+    fn ok(_: Request) -> Result<Response, wiremux_proto::CommandError> {
+        Ok(Response::bytes("ok"))
+    }
+
+    #[test]
+    fn setters_hold_whether_they_come_before_or_after_config() {
+        let base = Config {
+            max_executing: 64,
+            in_order: true,
+            drain_timeout: Duration::from_secs(3),
+            ..Config::default()
+        };
+        let before = Server::builder()
+            .read_only(true)
+            .max_executing(7)
+            .request_deadline(Duration::from_millis(250))
+            .config(base.clone())
+            .build();
+        let after = Server::builder()
+            .config(base.clone())
+            .read_only(true)
+            .max_executing(7)
+            .request_deadline(Duration::from_millis(250))
+            .build();
+        for server in [before, after] {
+            let config = server.config();
+            // From the setters ...
+            assert!(config.read_only);
+            assert_eq!(config.max_executing, 7);
+            assert_eq!(config.request_deadline, Some(Duration::from_millis(250)));
+            // ... and everything else from the base.
+            assert!(config.in_order);
+            assert_eq!(config.drain_timeout, Duration::from_secs(3));
+            assert_eq!(server.granted(), Permission::Read);
+        }
+        // A setter can also turn off what the base turned on.
+        let server = Server::builder()
+            .in_order(false)
+            .config(base.clone())
+            .build();
+        assert!(!server.config().in_order);
+        assert_eq!(server.config().max_executing, 64);
+    }
+
+    #[test]
+    fn the_later_config_is_the_base_and_no_config_is_the_default() {
+        let a = Config {
+            max_executing: 10,
+            ..Config::default()
+        };
+        let b = Config {
+            max_server_executing: 5,
+            ..Config::default()
+        };
+        let server = Server::builder()
+            .config(a)
+            .read_only(true)
+            .config(b)
+            .build();
+        assert_eq!(server.config().max_executing, 1024);
+        assert_eq!(server.config().max_server_executing, 5);
+        assert!(server.config().read_only);
+        let server = Server::builder().build();
+        let default = Config::default();
+        assert_eq!(server.config().max_executing, default.max_executing);
+        assert_eq!(server.config().in_order, default.in_order);
+        assert_eq!(server.config().read_only, default.read_only);
+    }
+
+    #[test]
+    fn a_registry_adds_to_the_commands_so_far_and_the_later_name_wins() {
+        let mut prepared = Registry::new();
+        prepared.insert("shared", Permission::Read, SyncHandler(ok));
+        prepared.insert("theirs", Permission::Read, SyncHandler(ok));
+        let server = Server::builder()
+            .command("mine", Permission::Write, SyncHandler(ok))
+            .command("shared", Permission::Write, SyncHandler(ok))
+            .registry(prepared.clone())
+            .build();
+        let registry = server.registry();
+        assert_eq!(registry.permission(b"mine"), Some(Permission::Write));
+        assert_eq!(registry.permission(b"theirs"), Some(Permission::Read));
+        // The registry came later: its `shared` replaced the earlier one.
+        assert_eq!(registry.permission(b"shared"), Some(Permission::Read));
+        // Every command has its counters, whichever call added it.
+        let mut names: Vec<String> = server
+            .command_stats()
+            .into_iter()
+            .map(|row| row.command)
+            .collect();
+        names.sort();
+        assert_eq!(names, ["(unknown)", "mine", "shared", "theirs"]);
+
+        // A later `.command` replaces the registry's command of that name.
+        let server = Server::builder()
+            .registry(prepared)
+            .command("shared", Permission::Write, SyncHandler(ok))
+            .build();
+        assert_eq!(
+            server.registry().permission(b"shared"),
+            Some(Permission::Write)
+        );
+        assert_eq!(
+            server.registry().permission(b"theirs"),
+            Some(Permission::Read)
+        );
     }
 }
