@@ -36,27 +36,6 @@ impl fmt::Debug for Body {
     }
 }
 
-/// A streamed body tagged with the request ID it answers: what a
-/// transport polls when it drives many response streams at once (in a
-/// `FuturesUnordered` of `StreamFuture`s, say) and must know whose chunk
-/// came out.
-pub struct TaggedBody {
-    /// The request the body answers.
-    pub id: u16,
-    /// The body's chunks.
-    pub inner: BoxStream<'static, Result<Bytes, CommandError>>,
-}
-
-impl Stream for TaggedBody {
-    type Item = Result<Bytes, CommandError>;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.inner.poll_next_unpin(cx)
-    }
-}
-
 /// A handler's successful answer.
 #[derive(Debug)]
 pub struct Response {

@@ -44,7 +44,7 @@ pub use config::Config;
 pub use executor::Executor;
 pub use handler::{
     Body, CommandError, Handler, HandlerFuture, Permission, Refusal, Registry, Request, Response,
-    ServiceHandler, Started, SyncHandler, TaggedBody,
+    ServiceHandler, Started, SyncHandler,
 };
 pub use listener::{is_transient_accept_error, Listener};
 pub use server::{Server, ServerBuilder};
