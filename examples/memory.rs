@@ -20,7 +20,12 @@
 //!    connections is not reused by what follows and hidden),
 //!    REQUEST_CONNECTIONS connections, each used once, then REQUESTS
 //!    `sleep ms=SLEEP_MS` requests spread over them, measured once the
-//!    server reports them all in flight.
+//!    server reports them all in flight;
+//! 6. in another fresh server process, REQUEST_CONNECTIONS connections,
+//!    each used once, then one `sleep ms=SLEEP_MS` on each (request 1),
+//!    then REQUESTS `echo` requests spread over them, each held with
+//!    `@after=1` until its connection's sleep ends (PROTOCOL.md section
+//!    8), measured once the server reports them all in flight.
 //!
 //! This is a measurement program, not a test: it asserts only that every
 //! request is answered.
@@ -195,10 +200,15 @@ async fn connect_many(addr: &str, n: usize) -> Vec<TcpStream> {
 
 /// Writes `count` copies of `command` on odd IDs from 1.
 async fn send(stream: &mut TcpStream, command: &CommandBuilder, count: usize) {
+    send_from(stream, command, count, 1).await
+}
+
+/// Writes `count` copies of `command` on odd IDs from `first`.
+async fn send_from(stream: &mut TcpStream, command: &CommandBuilder, count: usize, first: usize) {
     let mut buf = BytesMut::new();
     for i in 0..count {
         command
-            .encode((2 * i + 1) as u16, 32768, &mut buf)
+            .encode((first + 2 * i) as u16, 32768, &mut buf)
             .expect("encode");
     }
     stream.write_all(&buf).await.expect("write");
@@ -334,6 +344,59 @@ async fn measure(idle: usize, requests: usize, request_connections: usize, sleep
     );
     futures::stream::iter(conns.iter_mut())
         .for_each_concurrent(None, |c| answers(c, per_conn))
+        .await;
+    let after = probe.wait_for("answers", |s| s.in_flight == 0).await;
+    report("all answered".into(), after, None);
+
+    // Requests held for a dependency, in another fresh process.
+    drop(conns);
+    drop(probe);
+    let (mut probe, addr) = Probe::start();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    report(
+        "fresh server process, no connection".into(),
+        probe.sample(),
+        None,
+    );
+    let mut conns = connect_many(&addr, request_connections).await;
+    use_once(&mut conns).await;
+    let long = CommandBuilder::new("sleep").arg("ms", sleep_ms.to_string());
+    for c in conns.iter_mut() {
+        send(c, &long, 1).await;
+    }
+    let sleeping = request_connections as u64;
+    let before = probe
+        .wait_for("one sleep per connection", |s| {
+            s.connections == sleeping && s.in_flight == sleeping
+        })
+        .await;
+    report(
+        format!("{request_connections} connections, one `sleep ms={sleep_ms}` on each"),
+        before,
+        None,
+    );
+    let held = CommandBuilder::new("echo")
+        .arg("@after", "1")
+        .data(vec![b'x'; 32]);
+    let started = Instant::now();
+    for c in conns.iter_mut() {
+        send_from(c, &held, per_conn, 3).await;
+    }
+    let busy = probe
+        .wait_for("requests held", |s| s.in_flight == total + sleeping)
+        .await;
+    let measured_after = started.elapsed();
+    report(
+        format!("{total} 32-byte `echo @after=1` held"),
+        busy,
+        Some(("held request", before.rss_kib, total)),
+    );
+    assert!(
+        measured_after < Duration::from_millis(sleep_ms as u64),
+        "the sleeps ended before the measurement ({measured_after:?}): raise SLEEP_MS"
+    );
+    futures::stream::iter(conns.iter_mut())
+        .for_each_concurrent(None, |c| answers(c, per_conn + 1))
         .await;
     let after = probe.wait_for("answers", |s| s.in_flight == 0).await;
     report("all answered".into(), after, None);
