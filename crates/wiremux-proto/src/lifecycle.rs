@@ -529,11 +529,6 @@ impl Lifecycle {
                 .get(&target)
                 .is_some_and(|e| !matches!(e.phase, Phase::Ending) || self.send.is_pending(target));
         let answer = if stoppable {
-            // Start-and-cancel floods (Rapid Reset) are the reactor's to
-            // count, beside its limit on request errors.
-            if let Err(err) = self.reactor.on_cancelled(target) {
-                return self.fail_connection(&err);
-            }
             self.send.move_before(target, token.id);
             self.stop(target, "cancelled");
             self.counters.requests_cancelled += 1;
