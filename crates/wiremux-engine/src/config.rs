@@ -29,10 +29,12 @@ pub struct Config {
     /// connection stops reading until one finishes (backpressure, not an
     /// error). Default 1024.
     pub max_executing: usize,
-    /// Handlers running in the background (not finished at their first
-    /// poll) across the whole server, for every transport (HTTP included).
-    /// When reached, connections stop reading until one finishes. Default
-    /// 262144 (clamped to tokio's semaphore maximum).
+    /// Async handlers started and not finished, across the whole server,
+    /// for every transport (HTTP included). A handler takes its slot before
+    /// its first poll and gives it back when it finishes (at once, if it is
+    /// ready at that poll); `SyncHandler` commands take none. When all are
+    /// taken, handlers wait unpolled and connections stop reading until one
+    /// finishes. Default 262144 (clamped to tokio's semaphore maximum).
     pub max_server_executing: usize,
     /// Connections served at once by the whole server, across all its
     /// listeners (TCP, Unix, HTTP, TLS; [`Server::serve_io`](crate::Server::serve_io)
