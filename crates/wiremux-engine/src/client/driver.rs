@@ -478,6 +478,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
                 Poll::Pending => {}
             }
             if !self.calls_open && self.queue.is_empty() && self.wbuf.is_empty() {
+                if self.send_pending_cancels() {
+                    continue;
+                }
                 // No handle is left, so no new call can come and nobody
                 // can take an answer: the connection is of no use. Close it
                 // rather than wait for a server that may never answer.
@@ -493,6 +496,23 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// The connection is about to close with cancels still waiting for the
+    /// capabilities: queues them now, as the probe's answer would come too
+    /// late. A server keeps running what it was sent after a plain close,
+    /// so an unsent cancel would leave the call running there; a server
+    /// without the extension answers an error that nobody reads. Returns
+    /// whether any was queued.
+    fn send_pending_cancels(&mut self) -> bool {
+        let mut queued = false;
+        for (id, seq) in std::mem::take(&mut self.pending_cancels) {
+            if self.inflight.get(&id).is_some_and(|f| f.seq == seq) {
+                self.push_internal(reserved::cancel(id), Reply::Cancel { target: id });
+                queued = true;
+            }
+        }
+        queued
     }
 
     /// Fires the timers that are due; registers for the next one.
