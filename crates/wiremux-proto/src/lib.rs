@@ -51,12 +51,13 @@ pub mod request;
 pub mod schedule;
 pub mod send;
 pub mod server;
-mod slots;
+pub mod slots;
 
 pub use codec::{decode_all, CodecError, FrameCodec};
 pub use frame::{Flags, Frame, FrameType, Header, HEADER_LEN};
 pub use id_map::IdMap;
 pub use request::{CommandError, Request};
+pub use slots::IdTable;
 
 /// The media type of the frame protocol.
 pub const MEDIA_TYPE: &str = "application/mercurial-exp-framing-0002";

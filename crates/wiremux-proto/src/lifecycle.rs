@@ -47,7 +47,7 @@ use crate::frame::{Frame, FrameType};
 use crate::schedule::{self, Reserved};
 use crate::send::{End, SendQueue};
 use crate::server::{Action, ErrorKind, Limits, ReactorError, Scope, ServerReactor};
-use crate::{IdMap, Request};
+use crate::{IdMap, IdTable, Request};
 use bytes::{Bytes, BytesMut};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -163,14 +163,36 @@ struct Held {
 /// runs: a new command on that ID meanwhile is not the one named.
 type Use = (Bytes, u16, Option<Option<Bytes>>);
 
+/// One request's state: 32 bytes, what most requests need; the rest
+/// (`@keep`, a deadline) is boxed, for the requests that have it.
 #[derive(Debug)]
 struct Entry {
     seq: u32,
     phase: Phase,
+    extra: Option<Box<Extra>>,
+}
+
+#[derive(Debug, Default)]
+struct Extra {
     /// `@keep`: the body so far (`None` once it no longer fits).
     keep: Option<Option<Kept>>,
-    /// The deadline and the milliseconds its error names.
-    deadline: Option<(Instant, u64)>,
+    /// The milliseconds the deadline's error names, if it has one.
+    deadline_ms: Option<u64>,
+}
+
+impl Entry {
+    fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    fn has_deadline(&self) -> bool {
+        self.extra.as_ref().is_some_and(|e| e.deadline_ms.is_some())
+    }
+
+    /// The `@keep` body so far, if it is being kept and still fits.
+    fn kept(&mut self) -> Option<&mut Option<Kept>> {
+        self.extra.as_mut().and_then(|e| e.keep.as_mut())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -213,7 +235,7 @@ pub struct Lifecycle {
     config: LifecycleConfig,
     reactor: ServerReactor,
     send: SendQueue,
-    entries: IdMap<Entry>,
+    entries: IdTable<Entry>,
     next_seq: u32,
     /// Which odd IDs have had a request end, and whether it failed.
     used: IdBits,
@@ -229,6 +251,9 @@ pub struct Lifecycle {
     deadlines: BinaryHeap<Reverse<(Instant, u16, u32)>>,
     live_deadlines: usize,
     events: VecDeque<Event>,
+    /// `send`'s ended responses being processed (kept to reuse its
+    /// allocation).
+    ended: Vec<(u16, End)>,
     errored: bool,
     input_ended: bool,
     assembly_since: Option<Instant>,
@@ -245,7 +270,7 @@ impl Lifecycle {
             reactor: ServerReactor::with_limits(config.limits.clone()),
             send: SendQueue::new(config.limits.max_send_payload, config.in_order),
             config,
-            entries: IdMap::default(),
+            entries: IdTable::default(),
             next_seq: 0,
             used: IdBits::default(),
             failed: IdBits::default(),
@@ -256,6 +281,7 @@ impl Lifecycle {
             deadlines: BinaryHeap::new(),
             live_deadlines: 0,
             events: VecDeque::new(),
+            ended: Vec::new(),
             errored: false,
             input_ended: false,
             assembly_since: None,
@@ -282,7 +308,7 @@ impl Lifecycle {
         let id = frame.request_id;
         let is_name = frame.frame_type == FrameType::COMMAND_NAME;
         if is_name {
-            if let Some(entry) = self.entries.get(&id) {
+            if let Some(entry) = self.entries.get(id) {
                 // The reactor knows receiving and running requests; a
                 // request whose error is still queued (in-order mode) is
                 // known only here, and its ID is not free yet either.
@@ -346,10 +372,14 @@ impl Lifecycle {
     /// A command-name frame began request `id`.
     fn begin(&mut self, id: u16) {
         // A new command on an ID frees the body kept from its last one.
-        if let Some(body) = self.kept.remove(&id) {
-            self.kept_bytes -= body.len();
+        if !self.kept.is_empty() {
+            if let Some(body) = self.kept.remove(&id) {
+                self.kept_bytes -= body.len();
+            }
         }
-        self.ended_while_receiving.remove(&id);
+        if !self.ended_while_receiving.is_empty() {
+            self.ended_while_receiving.remove(&id);
+        }
         // In-order mode answers in the order requests began: a request's
         // dependencies began before it, so they are never queued behind it.
         self.send.expect(id);
@@ -360,8 +390,7 @@ impl Lifecycle {
             Entry {
                 seq,
                 phase: Phase::Receiving,
-                keep: None,
-                deadline: None,
+                extra: None,
             },
         );
     }
@@ -389,7 +418,7 @@ impl Lifecycle {
             self.assembly_since = Some(now);
         }
         self.counters.requests_started += 1;
-        let Some(entry) = self.entries.get_mut(&id) else {
+        let Some(entry) = self.entries.get_mut(id) else {
             return;
         };
         entry.phase = Phase::Running;
@@ -408,9 +437,9 @@ impl Lifecycle {
                 deadline = Some((at, ms));
             }
         }
-        if let Some((at, _)) = deadline {
+        if let Some((at, ms)) = deadline {
             request.deadline = Some(at);
-            entry.deadline = deadline;
+            entry.extra().deadline_ms = Some(ms);
             self.deadlines.push(Reverse((at, id, seq)));
             self.live_deadlines += 1;
         }
@@ -418,7 +447,7 @@ impl Lifecycle {
             return self.release(Token { id, seq }, request, Vec::new());
         };
         if reserved.keep {
-            entry.keep = Some(Some(Kept::default()));
+            entry.extra().keep = Some(Some(Kept::default()));
         }
         let mut waiting = Vec::new();
         for dep in reserved.dependencies() {
@@ -447,7 +476,7 @@ impl Lifecycle {
         for &dep in &waiting {
             self.waiters.entry(dep).or_default().push(Token { id, seq });
         }
-        let entry = self.entries.get_mut(&id).expect("present");
+        let entry = self.entries.get_mut(id).expect("present");
         entry.phase = Phase::Held(Box::new(Held {
             request,
             waiting: waiting.len(),
@@ -462,7 +491,7 @@ impl Lifecycle {
         if dep == id || dep % 2 == 0 {
             return DepState::Unknown;
         }
-        if let Some(entry) = self.entries.get(&dep) {
+        if let Some(entry) = self.entries.get(dep) {
             // Begun after this request: not one it could have named.
             return if entry.seq.wrapping_sub(seq) as i32 > 0 {
                 DepState::Unknown
@@ -503,7 +532,7 @@ impl Lifecycle {
         if size > max {
             return self.fail_request(id, &format!("more than {max} bytes of arguments and data"));
         }
-        if let Some(entry) = self.entries.get_mut(&id) {
+        if let Some(entry) = self.entries.get_mut(id) {
             entry.phase = Phase::Running;
         }
         match &request.name[..] {
@@ -526,7 +555,7 @@ impl Lifecycle {
         let stoppable = target != token.id
             && self
                 .entries
-                .get(&target)
+                .get(target)
                 .is_some_and(|e| !matches!(e.phase, Phase::Ending) || self.send.is_pending(target));
         let answer = if stoppable {
             self.send.move_before(target, token.id);
@@ -547,7 +576,7 @@ impl Lifecycle {
     /// running command is stopped ([`Event::Cancel`]), one still receiving
     /// has its further frames dropped.
     fn stop(&mut self, id: u16, message: &str) {
-        let Some(entry) = self.entries.get(&id) else {
+        let Some(entry) = self.entries.get(id) else {
             return;
         };
         match entry.phase {
@@ -565,7 +594,7 @@ impl Lifecycle {
 
     /// Request `id` ends with an application error-response.
     fn fail_request(&mut self, id: u16, message: &str) {
-        match self.entries.get_mut(&id) {
+        match self.entries.get_mut(id) {
             Some(entry) => {
                 if matches!(entry.phase, Phase::Receiving) {
                     // Taken in only now, to be refused.
@@ -582,7 +611,7 @@ impl Lifecycle {
 
     fn live(&mut self, token: Token) -> Option<&mut Entry> {
         self.entries
-            .get_mut(&token.id)
+            .get_mut(token.id)
             .filter(|e| e.seq == token.seq && matches!(e.phase, Phase::Running | Phase::Answering))
     }
 
@@ -592,7 +621,7 @@ impl Lifecycle {
             return;
         };
         entry.phase = Phase::Ending;
-        if let Some(Some(kept)) = &mut entry.keep {
+        if let Some(Some(kept)) = entry.kept() {
             kept.len = body.len();
             kept.parts = vec![body.clone()];
         }
@@ -624,7 +653,7 @@ impl Lifecycle {
         let Some(entry) = self.live(token) else {
             return;
         };
-        if let Some(keep) = &mut entry.keep {
+        if let Some(keep) = entry.kept() {
             if let Some(kept) = keep {
                 if kept.len + chunk.len() > budget {
                     *keep = None;
@@ -658,7 +687,7 @@ impl Lifecycle {
     /// cancelled or timed out).
     pub fn is_streaming(&self, token: Token) -> bool {
         self.entries
-            .get(&token.id)
+            .get(token.id)
             .is_some_and(|e| e.seq == token.seq && matches!(e.phase, Phase::Answering))
     }
 
@@ -693,17 +722,20 @@ impl Lifecycle {
             return;
         }
         self.processing = true;
+        let mut ended = std::mem::take(&mut self.ended);
         while self.send.has_ended() {
-            for (id, how) in self.send.take_ended() {
+            self.send.swap_ended(&mut ended);
+            for (id, how) in ended.drain(..) {
                 self.ended(id, how);
             }
         }
+        self.ended = ended;
         self.processing = false;
         self.counters.frames_out += self.send.take_frames_out();
     }
 
     fn ended(&mut self, id: u16, how: End) {
-        let entry = self.entries.remove(&id);
+        let entry = self.entries.remove(id);
         self.reactor.on_response_finished(id);
         self.used.set(id, true);
         self.failed.set(id, how == End::Failed);
@@ -715,10 +747,11 @@ impl Lifecycle {
             if self.reactor.receiving() > 0 {
                 self.ended_while_receiving.insert(id, entry.seq);
             }
-            if entry.deadline.is_some() {
+            if entry.has_deadline() {
                 self.live_deadlines -= 1;
             }
-            if let (End::Ok, Some(Some(kept))) = (how, entry.keep) {
+            let keep = entry.extra.and_then(|e| e.keep);
+            if let (End::Ok, Some(Some(kept))) = (how, keep) {
                 if self.kept_bytes + kept.len <= self.config.max_kept_bytes {
                     let body = match kept.parts.len() {
                         1 => kept.parts.into_iter().next().expect("one part"),
@@ -733,11 +766,14 @@ impl Lifecycle {
                 }
             }
         }
+        if self.waiters.is_empty() {
+            return;
+        }
         let Some(waiters) = self.waiters.remove(&id) else {
             return;
         };
         for waiter in waiters {
-            let Some(entry) = self.entries.get_mut(&waiter.id) else {
+            let Some(entry) = self.entries.get_mut(waiter.id) else {
                 continue;
             };
             if entry.seq != waiter.seq {
@@ -811,20 +847,24 @@ impl Lifecycle {
                 break;
             }
             self.deadlines.pop();
-            let Some(entry) = self.entries.get(&id) else {
+            let Some(entry) = self.entries.get(id) else {
                 continue;
             };
             if entry.seq != seq || matches!(entry.phase, Phase::Ending) {
                 continue;
             }
-            let ms = entry.deadline.map_or(0, |(_, ms)| ms);
+            let ms = entry
+                .extra
+                .as_ref()
+                .and_then(|e| e.deadline_ms)
+                .unwrap_or(0);
             self.stop(id, &format!("timed out after {ms} ms"));
         }
         if self.deadlines.len() > 64 && self.deadlines.len() > 2 * self.live_deadlines {
             let entries = &self.entries;
             self.deadlines.retain(|Reverse((_, id, seq))| {
                 entries
-                    .get(id)
+                    .get(*id)
                     .is_some_and(|e| e.seq == *seq && !matches!(e.phase, Phase::Ending))
             });
         }
@@ -899,8 +939,8 @@ impl Lifecycle {
     pub fn abandon(&mut self) {
         self.counters.requests_abandoned += self
             .entries
-            .values()
-            .filter(|e| !matches!(e.phase, Phase::Receiving))
+            .iter()
+            .filter(|(_, e)| !matches!(e.phase, Phase::Receiving))
             .count() as u64;
         self.entries.clear();
         self.waiters.clear();

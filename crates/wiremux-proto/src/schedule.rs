@@ -92,6 +92,10 @@ pub fn take_reserved(
         }
         false
     });
+    if request.args.is_empty() {
+        // Its allocation would otherwise stay with a held request.
+        request.args = Vec::new();
+    }
     if let Some(message) = error {
         return Err(message);
     }

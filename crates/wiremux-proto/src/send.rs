@@ -344,6 +344,14 @@ impl SendQueue {
         std::mem::take(&mut self.ended)
     }
 
+    /// Like [`SendQueue::take_ended`], into `into` (which must be empty),
+    /// so that neither side's allocation is lost: `into` gets the ended
+    /// responses, and the queue keeps `into`'s buffer for the next ones.
+    pub fn swap_ended(&mut self, into: &mut Vec<(u16, End)>) {
+        debug_assert!(into.is_empty());
+        std::mem::swap(&mut self.ended, into);
+    }
+
     /// Whether a response ended since [`SendQueue::take_ended`].
     pub fn has_ended(&self) -> bool {
         !self.ended.is_empty()

@@ -353,7 +353,7 @@ impl ErrorKind {
     }
 }
 
-use crate::slots::SlotTable;
+use crate::slots::IdTable;
 
 /// A request ID's state.
 #[derive(Debug)]
@@ -446,7 +446,7 @@ impl Chunks {
 #[derive(Debug)]
 pub struct ServerReactor {
     limits: Limits,
-    slots: SlotTable<Slot>,
+    slots: IdTable<Slot>,
     receiving: usize,
     active: usize,
     buffered: usize,
@@ -480,7 +480,7 @@ impl ServerReactor {
     /// A reactor with the given limits.
     pub fn with_limits(limits: Limits) -> ServerReactor {
         ServerReactor {
-            slots: SlotTable::default(),
+            slots: IdTable::default(),
             receiving: 0,
             active: 0,
             buffered: 0,
@@ -935,7 +935,7 @@ impl Assembler {
                 }
                 // Common case: the whole value is in this one frame; keep it without a copy.
                 if !flags.contains(Flags::CONTINUATION) && payload.len() == declared {
-                    self.args.push((name, payload));
+                    self.push_arg((name, payload), flags);
                     return Ok(self.after_argument(flags));
                 }
                 PartialArg {
@@ -970,8 +970,18 @@ impl Assembler {
             self.partial = Some(partial);
             return Ok(false);
         }
-        self.args.push((partial.name, partial.value.freeze()));
+        self.push_arg((partial.name, partial.value.freeze()), flags);
         Ok(self.after_argument(flags))
+    }
+
+    /// Adds a whole argument. The last one (`eoa`) gets no spare room: a
+    /// request keeps its arguments while it is in flight, and most have
+    /// one or two, where growth would leave room for four.
+    fn push_arg(&mut self, arg: (Bytes, Bytes), flags: Flags) {
+        if flags.contains(Flags::EOA) {
+            self.args.reserve_exact(1);
+        }
+        self.args.push(arg);
     }
 
     /// After a whole argument: with `eoa`, move on to data or complete.

@@ -1,7 +1,8 @@
-//! The reactor's per-request state, indexed directly by request ID.
+//! [`IdTable`]: per-request state indexed directly by request ID, for the
+//! reactor, the lifecycle and the engine's executor.
 //!
 //! Client requests use odd IDs only, so the 32768 possible IDs are split
-//! into 512 pages of 64; a page is allocated when one of its IDs is first
+//! into 1024 pages of 32; a page is allocated when one of its IDs is first
 //! used and freed when its last one is, and the page directory grows only
 //! as far as the highest page used (clients allocate IDs from the bottom,
 //! so a connection with a few hundred requests in flight needs a handful
@@ -12,11 +13,12 @@
 //! indexings, with no hashing, no probing and no rehashing as IDs come and
 //! go on the per-frame path.
 
-/// Odd IDs per page.
-const PAGE: usize = 64;
-/// Emptied pages kept for reuse (1 KiB each for the reactor's slots): as
-/// many as a window of 256 requests spans.
-const SPARE_PAGES: usize = 4;
+/// Odd IDs per page: small, because a connection that has been used keeps
+/// an emptied page of each table as a spare (512 bytes for the reactor's
+/// 16-byte slots, 1 KiB for the lifecycle's 32-byte entries).
+const PAGE: usize = 32;
+/// Emptied pages kept for reuse: as many as a window of 256 requests spans.
+const SPARE_PAGES: usize = 8;
 
 struct Page<V> {
     slots: [Option<V>; PAGE],
@@ -32,25 +34,41 @@ impl<V> Page<V> {
     }
 }
 
-/// Values by odd request ID. Even IDs are never stored: a lookup of one
-/// finds nothing, and inserting one is a bug of the caller.
-pub(crate) struct SlotTable<V> {
+/// Values by odd request ID (client-started requests). Even IDs are never
+/// stored: a lookup of one finds nothing, and inserting one is a bug of the
+/// caller. See the module documentation for the layout.
+///
+/// ```
+/// use wiremux_proto::IdTable;
+///
+/// let mut t = IdTable::default();
+/// t.insert(7, "seven");
+/// assert_eq!(t.get(7), Some(&"seven"));
+/// assert_eq!(t.get(6), None);
+/// assert_eq!(t.len(), 1);
+/// assert_eq!(t.remove(7), Some("seven"));
+/// assert!(t.is_empty());
+/// ```
+pub struct IdTable<V> {
     /// The page directory, as long as the highest page used so far.
     pages: Vec<Option<Box<Page<V>>>>,
     /// Emptied pages kept for reuse, at most `SPARE_PAGES`.
     spare: Vec<Box<Page<V>>>,
+    /// Values stored.
+    len: usize,
 }
 
-impl<V> Default for SlotTable<V> {
+impl<V> Default for IdTable<V> {
     fn default() -> Self {
-        SlotTable {
+        IdTable {
             pages: Vec::new(),
             spare: Vec::new(),
+            len: 0,
         }
     }
 }
 
-impl<V: std::fmt::Debug> std::fmt::Debug for SlotTable<V> {
+impl<V: std::fmt::Debug> std::fmt::Debug for IdTable<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_map().entries(self.iter()).finish()
     }
@@ -64,15 +82,17 @@ fn locate(id: u16) -> Option<(usize, usize)> {
     })
 }
 
-impl<V> SlotTable<V> {
+impl<V> IdTable<V> {
+    /// The value for `id`, if any.
     #[inline]
-    pub(crate) fn get(&self, id: u16) -> Option<&V> {
+    pub fn get(&self, id: u16) -> Option<&V> {
         let (page, at) = locate(id)?;
         self.pages.get(page)?.as_ref()?.slots[at].as_ref()
     }
 
+    /// The value for `id`, if any, to change.
     #[inline]
-    pub(crate) fn get_mut(&mut self, id: u16) -> Option<&mut V> {
+    pub fn get_mut(&mut self, id: u16) -> Option<&mut V> {
         let (page, at) = locate(id)?;
         self.pages.get_mut(page)?.as_mut()?.slots[at].as_mut()
     }
@@ -82,7 +102,7 @@ impl<V> SlotTable<V> {
     /// # Panics
     /// If `id` is even.
     #[inline(always)]
-    pub(crate) fn insert(&mut self, id: u16, value: V) -> Option<V> {
+    pub fn insert(&mut self, id: u16, value: V) -> Option<V> {
         let (page, at) = locate(id).expect("only odd request IDs are stored");
         if page >= self.pages.len() {
             self.pages.resize_with(page + 1, || None);
@@ -92,16 +112,20 @@ impl<V> SlotTable<V> {
         let old = page.slots[at].replace(value);
         if old.is_none() {
             page.used += 1;
+            self.len += 1;
         }
         old
     }
 
+    /// Takes the value for `id` out; an emptied page is freed (or kept as
+    /// a spare).
     #[inline]
-    pub(crate) fn remove(&mut self, id: u16) -> Option<V> {
+    pub fn remove(&mut self, id: u16) -> Option<V> {
         let (index, at) = locate(id)?;
         let page = self.pages.get_mut(index)?.as_mut()?;
         let old = page.slots[at].take()?;
         page.used -= 1;
+        self.len -= 1;
         if page.used == 0 {
             self.release(index);
         }
@@ -109,7 +133,7 @@ impl<V> SlotTable<V> {
     }
 
     /// Keeps only the entries for which `keep` is true.
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(u16, &V) -> bool) {
+    pub fn retain(&mut self, mut keep: impl FnMut(u16, &V) -> bool) {
         for index in 0..self.pages.len() {
             let Some(page) = self.pages[index].as_mut() else {
                 continue;
@@ -118,6 +142,7 @@ impl<V> SlotTable<V> {
                 if slot.as_ref().is_some_and(|v| !keep(id_of(index, at), v)) {
                     *slot = None;
                     page.used -= 1;
+                    self.len -= 1;
                 }
             }
             if page.used == 0 {
@@ -126,8 +151,28 @@ impl<V> SlotTable<V> {
         }
     }
 
+    /// Values stored.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no value is stored.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Removes every value (the emptied pages are kept as spares, up to
+    /// the usual few).
+    pub fn clear(&mut self) {
+        if self.len > 0 {
+            self.retain(|_, _| false);
+        }
+    }
+
     /// Every entry, in ID order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (u16, &V)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (u16, &V)> + '_ {
         self.pages.iter().enumerate().flat_map(|(index, page)| {
             page.iter().flat_map(move |page| {
                 page.slots
@@ -160,7 +205,7 @@ mod tests {
 
     #[test]
     fn odd_ids_only() {
-        let mut t = SlotTable::default();
+        let mut t = IdTable::default();
         assert_eq!(t.insert(1, 'a'), None);
         assert_eq!(t.insert(65535, 'z'), None);
         assert_eq!(t.get(1), Some(&'a'));
@@ -172,7 +217,7 @@ mod tests {
 
     #[test]
     fn emptied_pages_are_freed_but_a_few_are_kept() {
-        let mut t = SlotTable::default();
+        let mut t = IdTable::default();
         let ids: Vec<u16> = (0..SPARE_PAGES + 2)
             .map(|p| (p * PAGE * 2 + 1) as u16)
             .collect();
@@ -191,7 +236,7 @@ mod tests {
 
     #[test]
     fn the_directory_grows_only_as_far_as_the_highest_page_used() {
-        let mut t = SlotTable::default();
+        let mut t = IdTable::default();
         t.insert(1, ());
         t.insert(2 * PAGE as u16 - 1, ());
         assert_eq!(
@@ -210,13 +255,13 @@ mod tests {
     #[test]
     #[should_panic(expected = "only odd request IDs are stored")]
     fn inserting_an_even_id_is_a_bug() {
-        SlotTable::default().insert(4, ());
+        IdTable::default().insert(4, ());
     }
 
     proptest! {
         #[test]
-        fn behaves_like_a_map(ops in proptest::collection::vec((0u8..4, any::<u16>(), any::<u8>()), 0..400)) {
-            let mut table = SlotTable::default();
+        fn behaves_like_a_map(ops in proptest::collection::vec((0u8..5, any::<u16>(), any::<u8>()), 0..400)) {
+            let mut table = IdTable::default();
             let mut model = BTreeMap::new();
             for (op, id, value) in ops {
                 let id = id | 1;
@@ -224,6 +269,10 @@ mod tests {
                     0 => prop_assert_eq!(table.insert(id, value), model.insert(id, value)),
                     1 => prop_assert_eq!(table.remove(id), model.remove(&id)),
                     2 => prop_assert_eq!(table.get(id), model.get(&id)),
+                    3 if value % 16 == 0 => {
+                        table.clear();
+                        model.clear();
+                    }
                     _ => {
                         table.retain(|_, v| v % 3 != 0);
                         model.retain(|_, v| *v % 3 != 0);
@@ -232,6 +281,8 @@ mod tests {
                 let listed: Vec<(u16, u8)> = table.iter().map(|(k, v)| (k, *v)).collect();
                 let expected: Vec<(u16, u8)> = model.iter().map(|(k, v)| (*k, *v)).collect();
                 prop_assert_eq!(listed, expected);
+                prop_assert_eq!(table.len(), model.len());
+                prop_assert_eq!(table.is_empty(), model.is_empty());
             }
         }
     }
