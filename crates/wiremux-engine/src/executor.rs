@@ -12,7 +12,7 @@
 
 use crate::handler::{caught_panic, Body, HandlerFuture, Permission, Response, Started};
 use crate::server::Shared;
-use crate::stats::LocalStats;
+use crate::stats::{LocalStats, Row};
 use bytes::Bytes;
 use futures::stream::{BoxStream, FuturesUnordered, StreamFuture};
 use futures::{FutureExt, Stream, StreamExt};
@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::AbortHandle;
 use tokio::time::Sleep;
 use wiremux_proto::lifecycle::{Event, Lifecycle, Token};
-use wiremux_proto::{CommandError, IdMap, Request};
+use wiremux_proto::{CommandError, IdTable, Request};
 
 type Outcome = Result<Response, CommandError>;
 type PermitFuture = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>;
@@ -46,15 +46,40 @@ impl Stream for TokenStream {
 }
 
 /// What the executor knows of a command it started and that has not
-/// finished: for the per-command counters, and to stop it.
+/// finished: for the per-command counters, and to stop it (48 bytes).
 struct Run {
     token: Token,
-    name: Bytes,
+    row: Row,
     started: Instant,
-    /// The task, while the handler runs in the background.
-    task: Option<AbortHandle>,
-    /// The response stream, while it is being answered.
-    stream: Option<futures::stream::AbortHandle>,
+    stop: Stop,
+}
+
+/// How to stop a started command.
+enum Stop {
+    /// Nothing runs for it outside the executor (it waits for a slot, or
+    /// is being started).
+    Nothing,
+    /// The handler runs in its own task.
+    Task(AbortHandle),
+    /// Its response stream is being answered.
+    Stream(futures::stream::AbortHandle),
+}
+
+impl Stop {
+    fn stop(self) {
+        match self {
+            Stop::Nothing => {}
+            Stop::Task(task) => task.abort(),
+            Stop::Stream(stream) => stream.abort(),
+        }
+    }
+}
+
+/// Where handlers that run in their own tasks send their outcomes; made
+/// with the first such handler (most connections never need one).
+struct Done {
+    tx: mpsc::UnboundedSender<(Token, Outcome)>,
+    rx: mpsc::UnboundedReceiver<(Token, Outcome)>,
 }
 
 /// A handler that was not ready at its first poll and waits for a
@@ -70,12 +95,12 @@ struct Waiting {
 pub struct Executor {
     shared: Arc<Shared>,
     granted: Permission,
-    runs: IdMap<Run>,
-    done_tx: mpsc::UnboundedSender<(Token, Outcome)>,
-    done_rx: mpsc::UnboundedReceiver<(Token, Outcome)>,
+    runs: IdTable<Run>,
+    done: Option<Done>,
     waiting: VecDeque<Waiting>,
     permit: Option<PermitFuture>,
-    streams: FuturesUnordered<StreamFuture<TokenStream>>,
+    /// Response streams being polled; made with the first one.
+    streams: Option<FuturesUnordered<StreamFuture<TokenStream>>>,
     parked: Vec<TokenStream>,
     timer: Option<(Instant, Pin<Box<Sleep>>)>,
     pub(crate) stats: LocalStats,
@@ -92,16 +117,14 @@ impl std::fmt::Debug for Executor {
 
 impl Executor {
     pub(crate) fn new(shared: Arc<Shared>, granted: Permission) -> Executor {
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
         Executor {
             shared,
             granted,
-            runs: IdMap::default(),
-            done_tx,
-            done_rx,
+            runs: IdTable::default(),
+            done: None,
             waiting: VecDeque::new(),
             permit: None,
-            streams: FuturesUnordered::new(),
+            streams: None,
             parked: Vec::new(),
             timer: None,
             stats: LocalStats::default(),
@@ -136,10 +159,12 @@ impl Executor {
         room: bool,
     ) -> bool {
         let mut progress = self.run_events(lifecycle, now);
-        while let Poll::Ready(Some((token, outcome))) = self.done_rx.poll_recv(cx) {
+        while let Some(Poll::Ready(Some((token, outcome)))) =
+            self.done.as_mut().map(|done| done.rx.poll_recv(cx))
+        {
             progress = true;
-            match self.runs.get_mut(&token.id) {
-                Some(run) if run.token == token => run.task = None,
+            match self.runs.get_mut(token.id) {
+                Some(run) if run.token == token => run.stop = Stop::Nothing,
                 // Stopped already: the result is not wanted.
                 _ => continue,
             }
@@ -172,28 +197,21 @@ impl Executor {
 
     /// Runs a command: permission, first poll here, then a task.
     fn start(&mut self, lifecycle: &mut Lifecycle, token: Token, request: Request, now: Instant) {
-        let name = request.name.clone();
-        self.stats.request_started(&name);
-        self.runs.insert(
-            token.id,
-            Run {
-                token,
-                name,
-                started: now,
-                task: None,
-                stream: None,
-            },
-        );
         // The request's span covers its first poll here; a handler that
         // moves to its own task carries the span there.
         let span = tracing::debug_span!("request", id = token.id);
         let entered = span.enter();
-        let mut fut = match self.shared.registry.start(request, self.granted) {
-            Ok(Started::Ready(outcome)) => return self.deliver(lifecycle, token, outcome, now),
+        let (row, started) = self.shared.registry.start_counted(request, self.granted);
+        let row = row.unwrap_or_else(|| self.shared.stats.unknown_row());
+        self.stats.request_started(row);
+        let mut fut = match started {
+            Ok(Started::Ready(outcome)) => {
+                return self.at_once(lifecycle, token, row, outcome, now)
+            }
             Ok(Started::Pending(fut)) => fut,
             Err(refusal) => {
                 let outcome = Err(CommandError::new(refusal.to_string()));
-                return self.deliver(lifecycle, token, outcome, now);
+                return self.at_once(lifecycle, token, row, outcome, now);
             }
         };
         // The first poll runs the handler's code (it may start a timer or
@@ -205,6 +223,7 @@ impl Executor {
         };
         let Some(permit) = permit else {
             drop(entered);
+            self.track(token, row, now);
             return self.waiting.push_back(Waiting { token, fut, span });
         };
         // A no-op waker: a handler not ready moves to its own task, which
@@ -214,17 +233,51 @@ impl Executor {
         match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut noop))) {
             Ok(Poll::Ready(outcome)) => {
                 drop(permit);
-                self.deliver(lifecycle, token, outcome, now)
+                self.at_once(lifecycle, token, row, outcome, now)
             }
             Err(panic) => {
                 drop(permit);
-                self.deliver(lifecycle, token, Err(caught_panic(&*panic)), now)
+                self.at_once(lifecycle, token, row, Err(caught_panic(&*panic)), now)
             }
             Ok(Poll::Pending) => {
                 drop(entered);
+                self.track(token, row, now);
                 self.spawn(token, fut, permit, span)
             }
         }
+    }
+
+    /// Remembers a command that goes on after its start.
+    fn track(&mut self, token: Token, row: Row, now: Instant) {
+        let run = Run {
+            token,
+            row,
+            started: now,
+            stop: Stop::Nothing,
+        };
+        self.runs.insert(token.id, run);
+    }
+
+    /// The outcome of a command known at its start (most commands): a
+    /// whole answer needs no record of the run at all.
+    fn at_once(
+        &mut self,
+        lifecycle: &mut Lifecycle,
+        token: Token,
+        row: Row,
+        outcome: Outcome,
+        now: Instant,
+    ) {
+        if let Ok(Response {
+            body: Body::Stream(_),
+        }) = &outcome
+        {
+            self.track(token, row, now);
+            return self.deliver(lifecycle, token, outcome, now);
+        }
+        self.stats
+            .request_ended(row, outcome.is_ok(), std::time::Duration::ZERO);
+        self.deliver(lifecycle, token, outcome, now);
     }
 
     fn spawn(
@@ -234,7 +287,14 @@ impl Executor {
         permit: OwnedSemaphorePermit,
         span: tracing::Span,
     ) {
-        let done = self.done_tx.clone();
+        let done = self
+            .done
+            .get_or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                Done { tx, rx }
+            })
+            .tx
+            .clone();
         let task = async move {
             let outcome = AssertUnwindSafe(fut)
                 .catch_unwind()
@@ -244,9 +304,15 @@ impl Executor {
             drop(permit);
             let _ = done.send((token, outcome));
         };
-        let handle = tokio::spawn(tracing::Instrument::instrument(task, span));
-        if let Some(run) = self.runs.get_mut(&token.id) {
-            run.task = Some(handle.abort_handle());
+        // A disabled span (no subscriber wants it) is not carried along:
+        // it would cost every waiting handler its size.
+        let handle = if span.is_disabled() {
+            tokio::spawn(task)
+        } else {
+            tokio::spawn(tracing::Instrument::instrument(task, span))
+        };
+        if let Some(run) = self.runs.get_mut(token.id) {
+            run.stop = Stop::Task(handle.abort_handle());
         }
     }
 
@@ -254,23 +320,18 @@ impl Executor {
     /// handler; work on the blocking pool finishes on its own and its
     /// result is discarded), a waiting handler dropped, a stream dropped.
     fn cancel(&mut self, token: Token, now: Instant) {
-        let Some(run) = self.runs.get(&token.id) else {
+        let Some(run) = self.runs.get(token.id) else {
             return;
         };
         if run.token != token {
             return;
         }
-        let run = self.runs.remove(&token.id).expect("present");
-        if let Some(task) = run.task {
-            task.abort();
-        }
-        if let Some(stream) = run.stream {
-            stream.abort();
-        }
+        let run = self.runs.remove(token.id).expect("present");
+        run.stop.stop();
         self.waiting.retain(|w| w.token != token);
         self.parked.retain(|s| s.token != token);
         self.stats
-            .request_ended(&run.name, false, now.saturating_duration_since(run.started));
+            .request_ended(run.row, false, now.saturating_duration_since(run.started));
     }
 
     /// A handler's outcome goes to the lifecycle; a stream starts being
@@ -295,12 +356,11 @@ impl Executor {
                 // Abortable, so that a cancelled stream is dropped at once
                 // rather than when it next yields.
                 let (inner, abort) = futures::stream::abortable(guarded);
-                if let Some(run) = self.runs.get_mut(&token.id) {
-                    run.stream = Some(abort);
+                if let Some(run) = self.runs.get_mut(token.id) {
+                    run.stop = Stop::Stream(abort);
                 }
                 let inner = inner.boxed();
-                self.streams
-                    .push(TokenStream { token, inner }.into_future());
+                self.push_stream(TokenStream { token, inner });
             }
             Err(err) => {
                 self.ended(token, false, now);
@@ -310,9 +370,9 @@ impl Executor {
     }
 
     fn ended(&mut self, token: Token, ok: bool, now: Instant) {
-        if let Some(run) = self.runs.remove(&token.id) {
+        if let Some(run) = self.runs.remove(token.id) {
             let elapsed = now.saturating_duration_since(run.started);
-            self.stats.request_ended(&run.name, ok, elapsed);
+            self.stats.request_ended(run.row, ok, elapsed);
         }
     }
 
@@ -346,6 +406,12 @@ impl Executor {
         progress
     }
 
+    fn push_stream(&mut self, stream: TokenStream) {
+        self.streams
+            .get_or_insert_with(FuturesUnordered::new)
+            .push(stream.into_future());
+    }
+
     /// Chunks of response streams, while the lifecycle wants more of each;
     /// a stream with a frame's worth queued is parked until it is framed.
     fn poll_streams(
@@ -360,7 +426,7 @@ impl Executor {
             let token = self.parked[i].token;
             if lifecycle.wants_chunk(token) {
                 let stream = self.parked.swap_remove(i);
-                self.streams.push(stream.into_future());
+                self.push_stream(stream);
                 progress = true;
             } else if !lifecycle.is_streaming(token) {
                 self.parked.swap_remove(i);
@@ -368,14 +434,16 @@ impl Executor {
                 i += 1;
             }
         }
-        while let Poll::Ready(Some((item, stream))) = self.streams.poll_next_unpin(cx) {
+        while let Some(Poll::Ready(Some((item, stream)))) =
+            self.streams.as_mut().map(|s| s.poll_next_unpin(cx))
+        {
             progress = true;
             let token = stream.token;
             match item {
                 Some(Ok(chunk)) => {
                     lifecycle.on_chunk(token, chunk);
                     if lifecycle.wants_chunk(token) {
-                        self.streams.push(stream.into_future());
+                        self.push_stream(stream);
                     } else if lifecycle.is_streaming(token) {
                         self.parked.push(stream);
                     }
@@ -455,7 +523,7 @@ impl Executor {
         self.abort_all();
         self.waiting.clear();
         self.permit = None;
-        self.streams = FuturesUnordered::new();
+        self.streams = None;
         self.parked.clear();
         self.timer = None;
         lifecycle.abandon();
@@ -470,11 +538,12 @@ impl Executor {
 
 impl Executor {
     fn abort_all(&mut self) {
-        for (_, run) in self.runs.drain() {
-            if let Some(task) = run.task {
+        for (_, run) in self.runs.iter() {
+            if let Stop::Task(task) = &run.stop {
                 task.abort();
             }
         }
+        self.runs.clear();
     }
 }
 

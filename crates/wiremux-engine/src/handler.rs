@@ -192,11 +192,18 @@ where
     }
 }
 
+fn lossy(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
+}
+
 /// One registered command.
 #[derive(Clone)]
 pub(crate) struct Entry {
     pub(crate) permission: Permission,
     pub(crate) handler: Arc<dyn Handler>,
+    /// Its row in the server's per-command stats, set when the server is
+    /// built.
+    pub(crate) row: Option<crate::stats::Row>,
 }
 
 /// A multiply-xorshift hash over the command name, eight bytes at a time.
@@ -284,6 +291,7 @@ impl Registry {
         let entry = Entry {
             permission,
             handler: Arc::new(handler),
+            row: None,
         };
         self.commands
             .insert(Bytes::copy_from_slice(name.as_bytes()), entry);
@@ -300,6 +308,13 @@ impl Registry {
         self.commands.keys()
     }
 
+    /// Gives every command its row in the server's per-command stats.
+    pub(crate) fn assign_rows(&mut self, row_of: impl Fn(&[u8]) -> crate::stats::Row) {
+        for (name, entry) in &mut self.commands {
+            entry.row = Some(row_of(name));
+        }
+    }
+
     /// The permission of a command, if registered.
     pub fn permission(&self, name: &[u8]) -> Option<Permission> {
         self.commands.get(name).map(|e| e.permission)
@@ -307,7 +322,7 @@ impl Registry {
 
     /// Looks up a command and checks it against the granted access.
     pub(crate) fn resolve(&self, name: &[u8], granted: Permission) -> Result<&Entry, Refusal> {
-        let text = || String::from_utf8_lossy(name).into_owned();
+        let text = || lossy(name);
         let entry = self
             .commands
             .get(name)
@@ -331,11 +346,27 @@ impl Registry {
     /// becomes the request's [`CommandError::panicked`] outcome. Panics
     /// while the future runs are the transport's to catch.
     pub fn start(&self, request: Request, granted: Permission) -> Result<Started, Refusal> {
-        let entry = self.resolve(&request.name, granted)?;
+        self.start_counted(request, granted).1
+    }
+
+    /// [`Registry::start`], and the command's stats row (`None`: not a
+    /// registered command, or a registry not in a server).
+    pub(crate) fn start_counted(
+        &self,
+        request: Request,
+        granted: Permission,
+    ) -> (Option<crate::stats::Row>, Result<Started, Refusal>) {
+        let Some(entry) = self.commands.get(&request.name[..]) else {
+            return (None, Err(Refusal::Unknown(lossy(&request.name))));
+        };
+        if entry.permission > granted {
+            return (entry.row, Err(Refusal::ReadOnly(lossy(&request.name))));
+        }
         let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             entry.handler.start(request)
         }));
-        Ok(started.unwrap_or_else(|panic| Started::Ready(Err(caught_panic(&*panic)))))
+        let started = started.unwrap_or_else(|panic| Started::Ready(Err(caught_panic(&*panic))));
+        (entry.row, Ok(started))
     }
 }
 

@@ -246,16 +246,17 @@ mod tests {
     #[test]
     fn the_text_carries_totals_per_command_rows_and_histograms() {
         let server = Server::builder().registry(crate::demo::registry()).build();
+        let stats = &server.shared().stats;
         let mut local = LocalStats::default();
         local.frames_in = 4;
         local.requests_started = 3;
         local.requests_completed = 2;
-        local.request_started(b"echo");
-        local.request_started(b"echo");
-        local.request_started(b"nonesuch");
-        local.request_ended(b"echo", true, Duration::from_micros(200));
-        local.request_ended(b"nonesuch", false, Duration::from_micros(20));
-        server.shared().stats.absorb(&mut local);
+        local.request_started(stats.row_of(b"echo"));
+        local.request_started(stats.row_of(b"echo"));
+        local.request_started(stats.row_of(b"nonesuch"));
+        local.request_ended(stats.row_of(b"echo"), true, Duration::from_micros(200));
+        local.request_ended(stats.row_of(b"nonesuch"), false, Duration::from_micros(20));
+        stats.absorb(&mut local);
         let text = render(&server);
         for line in [
             "# TYPE wiremux_frames_in_total counter",

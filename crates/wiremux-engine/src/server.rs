@@ -154,12 +154,14 @@ impl ServerBuilder {
             config.max_server_executing.min(Semaphore::MAX_PERMITS),
         ));
         let stats = Stats::for_commands(self.registry.names());
+        let mut registry = self.registry;
+        registry.assign_rows(|name| stats.row_of(name));
         let connection_slots = Arc::new(Semaphore::new(
             config.max_connections.clamp(1, Semaphore::MAX_PERMITS),
         ));
         Server {
             shared: Arc::new(Shared {
-                registry: self.registry,
+                registry,
                 config,
                 stats,
                 executing,

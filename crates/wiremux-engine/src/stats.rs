@@ -48,11 +48,11 @@ const BUCKETS: usize = LATENCY_BUCKETS.len() + 1;
 /// so that a client cannot make the table (or a metrics scrape) grow.
 pub const UNKNOWN_COMMAND: &str = "(unknown)";
 
-/// Distinct command names one [`LocalStats`] keeps between two folds; a
-/// request for a further name is counted under [`UNKNOWN_COMMAND`] at
-/// once. Registries rarely have this many commands, and a connection
-/// rarely uses more than a few of them between two wake-ups.
-const LOCAL_COMMANDS: usize = 64;
+/// A command's row in a server's per-command table: its index among the
+/// registered names (sorted), or the last row, [`UNKNOWN_COMMAND`]. Found
+/// once per command name when the server is built and kept in the
+/// registry, so that counting a request is an array index, not a lookup.
+pub(crate) type Row = usize;
 
 /// Shared counters of a server.
 #[derive(Debug, Default)]
@@ -161,14 +161,13 @@ pub(crate) struct LocalStats {
     pub requests_failed: u64,
     pub requests_cancelled: u64,
     pub protocol_errors: u64,
-    /// Per-command counts since the last fold, by name. The last slot may
-    /// be the overflow row (an empty name: counted as unknown).
+    /// Per-command counts since the last fold, by [`Row`] (as long as the
+    /// highest row counted so far: at most the server's table).
     commands: Vec<LocalCommand>,
 }
 
 #[derive(Debug, Default, Clone)]
 struct LocalCommand {
-    name: Box<[u8]>,
     started: u64,
     completed: u64,
     failed: u64,
@@ -183,43 +182,28 @@ impl LocalCommand {
 }
 
 impl LocalStats {
-    /// The slot counting `command`, added if new (within the bound).
-    fn command(&mut self, command: &[u8]) -> &mut LocalCommand {
-        // Linear: a connection uses few distinct commands.
-        let found = self.commands.iter().position(|c| &*c.name == command);
-        let at = match found {
-            Some(at) => at,
-            None if self.commands.len() < LOCAL_COMMANDS => {
-                self.commands.push(LocalCommand {
-                    name: command.into(),
-                    ..LocalCommand::default()
-                });
-                self.commands.len() - 1
-            }
-            None => match self.commands.iter().position(|c| c.name.is_empty()) {
-                Some(at) => at,
-                None => {
-                    self.commands.push(LocalCommand::default());
-                    self.commands.len() - 1
-                }
-            },
-        };
-        &mut self.commands[at]
+    /// The slot counting `row`.
+    #[inline]
+    fn command(&mut self, row: Row) -> &mut LocalCommand {
+        if row >= self.commands.len() {
+            self.commands.resize_with(row + 1, LocalCommand::default);
+        }
+        &mut self.commands[row]
     }
 
-    /// Counts one request for `command` taken in (per command; the total
-    /// in `requests_started` is the caller's to count).
-    pub(crate) fn request_started(&mut self, command: &[u8]) {
-        self.command(command).started += 1;
+    /// Counts one request for the command of `row` taken in (per command;
+    /// the total in `requests_started` is the caller's to count).
+    pub(crate) fn request_started(&mut self, row: Row) {
+        self.command(row).started += 1;
     }
 
-    /// Counts the end of one request for `command` that took `elapsed`
+    /// Counts the end of one request for the command of `row` that took `elapsed`
     /// from start to its final frame: `ok` for a successful answer, not
     /// `ok` for an error or a request dropped unanswered. Per command
     /// only; the totals (`requests_completed` and the others) are the
     /// caller's to count.
-    pub(crate) fn request_ended(&mut self, command: &[u8], ok: bool, elapsed: Duration) {
-        let slot = self.command(command);
+    pub(crate) fn request_ended(&mut self, row: Row, ok: bool, elapsed: Duration) {
+        let slot = self.command(row);
         if ok {
             slot.completed += 1;
         } else {
@@ -254,6 +238,21 @@ impl Stats {
         }
     }
 
+    /// The row counting requests for `name`: its own if it is registered,
+    /// else the [`UNKNOWN_COMMAND`] row.
+    pub(crate) fn row_of(&self, name: &[u8]) -> Row {
+        match self.commands.index.get(name) {
+            Some(&row) => row,
+            None => self.unknown_row(),
+        }
+    }
+
+    /// The [`UNKNOWN_COMMAND`] row (0 in a server without a table, whose
+    /// per-command counts are dropped).
+    pub(crate) fn unknown_row(&self) -> Row {
+        self.commands.rows.len().saturating_sub(1)
+    }
+
     pub(crate) fn connection_opened(&self) {
         self.connections_accepted.fetch_add(1, Relaxed);
     }
@@ -280,21 +279,11 @@ impl Stats {
                 counter.fetch_add(value, Relaxed);
             }
         }
-        if local.commands.is_empty() {
-            return;
-        }
-        let table = &self.commands;
-        for slot in &mut local.commands {
+        let rows = &self.commands.rows;
+        for (slot, (_, row)) in local.commands.iter_mut().zip(rows) {
             if slot.is_zero() {
                 continue;
             }
-            let row = match table.index.get(&*slot.name) {
-                Some(&at) => &table.rows[at].1,
-                None => match table.rows.last() {
-                    Some((_, row)) => row,
-                    None => continue, // a server without a table
-                },
-            };
             for (counter, value) in [
                 (&row.started, slot.started),
                 (&row.completed, slot.completed),
@@ -310,17 +299,10 @@ impl Stats {
                     counter.fetch_add(value, Relaxed);
                 }
             }
-            let name = std::mem::take(&mut slot.name);
-            *slot = LocalCommand {
-                name,
-                ..LocalCommand::default()
-            };
+            *slot = LocalCommand::default();
         }
-        // Names the server does not know keep no slot: the next request
-        // for one starts a fresh one, so hostile names cannot pile up.
-        local
-            .commands
-            .retain(|slot| !slot.name.is_empty() && table.index.contains_key(&*slot.name));
+        // Rows past the table (a server without one) are dropped.
+        local.commands.truncate(rows.len());
     }
 
     /// A copy of the counters.
@@ -397,12 +379,13 @@ mod tests {
     #[test]
     fn per_command_counts_and_latency_fold_in_at_absorb() {
         let stats = stats();
+        let (echo_row, sleep_row) = (stats.row_of(b"echo"), stats.row_of(b"sleep"));
         let mut local = LocalStats::default();
-        local.request_started(b"echo");
-        local.request_started(b"echo");
-        local.request_started(b"sleep");
-        local.request_ended(b"echo", true, Duration::from_micros(50));
-        local.request_ended(b"echo", false, Duration::from_millis(3));
+        local.request_started(echo_row);
+        local.request_started(echo_row);
+        local.request_started(sleep_row);
+        local.request_ended(echo_row, true, Duration::from_micros(50));
+        local.request_ended(echo_row, false, Duration::from_millis(3));
         // Nothing shared moves before the fold.
         assert_eq!(row(&stats.command_snapshots(), "echo").started, 0);
         stats.absorb(&mut local);
@@ -430,9 +413,10 @@ mod tests {
     #[test]
     fn an_exact_bound_counts_in_its_bucket_and_the_slowest_in_inf() {
         let stats = stats();
+        let echo_row = stats.row_of(b"echo");
         let mut local = LocalStats::default();
-        local.request_ended(b"echo", true, Duration::from_millis(1));
-        local.request_ended(b"echo", true, Duration::from_secs(60));
+        local.request_ended(echo_row, true, Duration::from_millis(1));
+        local.request_ended(echo_row, true, Duration::from_secs(60));
         stats.absorb(&mut local);
         let echo = row(&stats.command_snapshots(), "echo").clone();
         assert_eq!(echo.buckets[2], 0, "1 ms is not ≤ 500 µs");
@@ -442,26 +426,24 @@ mod tests {
     }
 
     #[test]
-    fn unknown_names_share_one_row_and_keep_no_local_slot() {
+    fn unknown_names_share_one_row_and_the_local_table_stays_small() {
         let stats = stats();
         let mut local = LocalStats::default();
         for n in 0..200 {
-            let name = format!("nope{n}");
-            local.request_started(name.as_bytes());
-            local.request_ended(name.as_bytes(), false, Duration::ZERO);
+            let row = stats.row_of(format!("nope{n}").as_bytes());
+            assert_eq!(row, stats.unknown_row());
+            local.request_started(row);
+            local.request_ended(row, false, Duration::ZERO);
         }
-        assert!(local.commands.len() <= LOCAL_COMMANDS + 1);
-        local.request_started(b"echo"); // past the bound: counted as unknown
+        // One slot per row of the server's table, however many names.
+        assert_eq!(local.commands.len(), 3);
         stats.absorb(&mut local);
-        assert!(local.commands.is_empty(), "{:?}", local.commands.len());
         let rows = stats.command_snapshots();
         let unknown = row(&rows, UNKNOWN_COMMAND);
-        assert_eq!((unknown.started, unknown.failed), (201, 200));
-        // Known names keep their slot (and its allocation) across folds.
-        local.request_started(b"echo");
-        stats.absorb(&mut local);
-        assert_eq!(local.commands.len(), 1);
-        assert_eq!(row(&stats.command_snapshots(), "echo").started, 1);
+        assert_eq!((unknown.started, unknown.failed), (200, 200));
+        assert_eq!(row(&rows, "echo").started, 0);
+        // The slots (and their allocation) stay for the next fold.
+        assert_eq!(local.commands.len(), 3);
     }
 
     #[test]
@@ -485,8 +467,9 @@ mod tests {
             (3, 2, 1)
         );
         // A server without a table (Stats::default) drops per-command data.
-        local.request_started(b"echo");
+        local.request_started(stats.row_of(b"echo"));
         stats.absorb(&mut local);
         assert!(stats.command_snapshots().is_empty());
+        assert!(local.commands.is_empty());
     }
 }
