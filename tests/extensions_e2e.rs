@@ -149,6 +149,9 @@ async fn ten_thousand_dropped_calls_leave_nothing_in_flight() {
     let stats = server.stats();
     assert_eq!(stats.protocol_errors, 0, "{stats:?}");
     assert!(stats.requests_failed >= 10_000, "{stats:?}");
+    // Each stopped by its @cancel, all at once: not a cancellation flood
+    // (the burst allowed is the connection's max_executing).
+    assert_eq!(stats.requests_stopped_by_peer, 10_000, "{stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

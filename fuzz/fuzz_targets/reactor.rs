@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
             window: 16,
             max_errors: u32::from(knobs >> 6 & 0x1) * 3,
             max_cancelled: 0,
+            cancel_burst: 0,
         },
     };
     let mut reactor = ServerReactor::with_limits(limits.clone()).defer_output(knobs & 0x80 != 0);

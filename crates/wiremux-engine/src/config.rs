@@ -100,8 +100,12 @@ impl Default for Config {
 impl Config {
     /// The settings of a connection's request lifecycle.
     pub fn lifecycle(&self) -> LifecycleConfig {
+        let mut limits = self.limits.clone();
+        // A client may cancel everything it may have in flight at once.
+        let in_flight = u32::try_from(self.max_executing).unwrap_or(u32::MAX);
+        limits.flood.cancel_burst = limits.flood.cancel_burst.max(in_flight);
         LifecycleConfig {
-            limits: self.limits.clone(),
+            limits,
             in_order: self.in_order,
             request_deadline: self.request_deadline,
             assembly_timeout: Some(self.assembly_timeout),

@@ -513,6 +513,7 @@ impl Executor {
         stats.requests_completed += counters.requests_completed;
         stats.requests_failed += counters.requests_failed;
         stats.requests_cancelled += counters.requests_abandoned;
+        stats.requests_stopped_by_peer += counters.requests_cancelled;
         stats.frames_out += counters.frames_out;
         stats.protocol_errors += counters.protocol_errors;
     }

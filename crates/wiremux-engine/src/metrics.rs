@@ -16,7 +16,7 @@
 //! | `connections_accepted_total`, `connections_closed_total` | counter | |
 //! | `connections_open` | gauge | |
 //! | `frames_in_total`, `frames_out_total`, `bytes_in_total`, `bytes_out_total` | counter | |
-//! | `requests_started_total`, `requests_completed_total`, `requests_failed_total`, `requests_cancelled_total` | counter | |
+//! | `requests_started_total`, `requests_completed_total`, `requests_failed_total`, `requests_cancelled_total`, `requests_stopped_by_peer_total` | counter | |
 //! | `requests_in_flight` | gauge | |
 //! | `protocol_errors_total` | counter | |
 //! | `command_requests_started_total`, `command_requests_completed_total`, `command_requests_failed_total` | counter | `command` |
@@ -169,6 +169,12 @@ impl Collector for ServerCollector {
             "wiremux_requests_cancelled",
             "Requests dropped unanswered because their connection ended.",
             s.requests_cancelled,
+        )?;
+        counter(
+            e,
+            "wiremux_requests_stopped_by_peer",
+            "Requests the peer stopped with @cancel (counted as failed too).",
+            s.requests_stopped_by_peer,
         )?;
         gauge(
             e,

@@ -67,6 +67,7 @@ pub struct Stats {
     requests_completed: AtomicU64,
     requests_failed: AtomicU64,
     requests_cancelled: AtomicU64,
+    requests_stopped_by_peer: AtomicU64,
     protocol_errors: AtomicU64,
     commands: CommandTable,
 }
@@ -116,6 +117,9 @@ pub struct StatsSnapshot {
     pub requests_failed: u64,
     /// Requests dropped unanswered because their connection ended.
     pub requests_cancelled: u64,
+    /// Requests the peer stopped with `@cancel` (PROTOCOL.md section 8),
+    /// answered `cancelled`: a part of `requests_failed`.
+    pub requests_stopped_by_peer: u64,
     /// Requests started and not answered (in flight now).
     pub requests_in_flight: u64,
     /// Connection-level protocol errors.
@@ -160,6 +164,7 @@ pub(crate) struct LocalStats {
     pub requests_completed: u64,
     pub requests_failed: u64,
     pub requests_cancelled: u64,
+    pub requests_stopped_by_peer: u64,
     pub protocol_errors: u64,
     /// Per-command counts since the last fold, by [`Row`] (as long as the
     /// highest row counted so far: at most the server's table).
@@ -272,6 +277,10 @@ impl Stats {
             (&self.requests_completed, &mut local.requests_completed),
             (&self.requests_failed, &mut local.requests_failed),
             (&self.requests_cancelled, &mut local.requests_cancelled),
+            (
+                &self.requests_stopped_by_peer,
+                &mut local.requests_stopped_by_peer,
+            ),
             (&self.protocol_errors, &mut local.protocol_errors),
         ] {
             let value = std::mem::take(value);
@@ -325,6 +334,7 @@ impl Stats {
             requests_completed: completed,
             requests_failed: failed,
             requests_cancelled: cancelled,
+            requests_stopped_by_peer: self.requests_stopped_by_peer.load(Relaxed),
             requests_in_flight: started.saturating_sub(completed + failed + cancelled),
             protocol_errors: self.protocol_errors.load(Relaxed),
         }

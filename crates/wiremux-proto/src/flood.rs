@@ -20,17 +20,23 @@
 //! server about what an ordinary request costs; the limit only keeps a
 //! connection from being mostly that.
 //!
+//! Cancellations have a larger burst than their rate
+//! ([`FloodLimits::cancel_burst`]): a client may always cancel everything
+//! it has in flight at once (a user gives up on a whole page, a client
+//! drops 10 000 calls), which is not a flood; one that keeps starting and
+//! cancelling is, whatever its window.
+//!
 //! The defaults ([`FloodLimits::default`]) let a client that cancels one
 //! request of every three it starts (a hedged call: two copies, and a
 //! `@cancel` for the slower) go on for ever, and stop a start-and-cancel
-//! flood (one of every two) after about 1 500 pairs, and a flood of
+//! flood (one of every two) after about 4 100 pairs, and a flood of
 //! malformed requests after about 150.
 //!
 //! ```
 //! use wiremux_proto::flood::{FloodGuard, FloodLimits};
 //! use wiremux_proto::server::ErrorKind;
 //!
-//! let limits = FloodLimits { window: 10, max_errors: 2, max_cancelled: 5 };
+//! let limits = FloodLimits { window: 10, max_errors: 2, max_cancelled: 5, cancel_burst: 0 };
 //! let mut guard = FloodGuard::new(limits);
 //! // Two errors at once: the burst allowance.
 //! guard.on_request_started();
@@ -65,6 +71,12 @@ pub struct FloodLimits {
     /// connection-level error [`ErrorKind::TooManyCancelled`]. 0 turns the
     /// limit off.
     pub max_cancelled: u32,
+    /// Cancellations allowed in one burst, if more than `max_cancelled`:
+    /// the allowance holds up to this many, and is still refilled at
+    /// `max_cancelled` per `window`. Default 1024; the engine raises it
+    /// to its `max_executing`, so that a client can always cancel
+    /// everything it may have in flight at once.
+    pub cancel_burst: u32,
 }
 
 impl Default for FloodLimits {
@@ -73,6 +85,7 @@ impl Default for FloodLimits {
             window: 1024,
             max_errors: 128,
             max_cancelled: 384,
+            cancel_burst: 1024,
         }
     }
 }
@@ -81,18 +94,19 @@ impl Default for FloodLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Allowance {
     left: u64,
+    /// The most it holds: the burst, times `window`.
+    full: u64,
 }
 
 impl Allowance {
-    fn full(max: u32, window: u32) -> Allowance {
-        Allowance {
-            left: u64::from(max) * u64::from(window),
-        }
+    fn full(burst: u32, window: u32) -> Allowance {
+        let full = u64::from(burst) * u64::from(window);
+        Allowance { left: full, full }
     }
 
-    fn refill(&mut self, max: u32, window: u32) {
-        let full = u64::from(max) * u64::from(window);
-        self.left = (self.left + u64::from(max)).min(full);
+    /// One request started: `rate` per `window` more.
+    fn refill(&mut self, rate: u32) {
+        self.left = (self.left + u64::from(rate)).min(self.full);
     }
 
     /// Spends one request; `false` if less than one is left.
@@ -109,7 +123,9 @@ impl Allowance {
 
 /// The counters of [`FloodLimits`] for one connection. The server reactor
 /// keeps one ([`ServerReactor::on_cancelled`](crate::server::ServerReactor::on_cancelled)
-/// reaches it); it is public so a scheduler can keep the same rule.
+/// reaches it, and the [`Lifecycle`](crate::lifecycle::Lifecycle) calls
+/// that for every `@cancel` that stops a request); it is public so a
+/// scheduler can keep the same rule.
 ///
 /// ```
 /// use wiremux_proto::flood::{FloodGuard, FloodLimits};
@@ -126,7 +142,8 @@ impl Allowance {
 ///     }
 ///     pairs += 1;
 /// };
-/// assert_eq!(pairs, 1533);
+/// // The burst of 1024, spent at a net quarter of a cancellation per pair.
+/// assert_eq!(pairs, 4093);
 /// assert_eq!(error.to_string(), "more than 384 requests cancelled within 1024 requests started");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,7 +161,7 @@ impl FloodGuard {
         FloodGuard {
             limits,
             errors: Allowance::full(limits.max_errors, window),
-            cancelled: Allowance::full(limits.max_cancelled, window),
+            cancelled: Allowance::full(limits.max_cancelled.max(limits.cancel_burst), window),
         }
     }
 
@@ -155,13 +172,8 @@ impl FloodGuard {
 
     /// A request was started (its command-name frame arrived).
     pub fn on_request_started(&mut self) {
-        let FloodLimits {
-            window,
-            max_errors,
-            max_cancelled,
-        } = self.limits;
-        self.errors.refill(max_errors, window);
-        self.cancelled.refill(max_cancelled, window);
+        self.errors.refill(self.limits.max_errors);
+        self.cancelled.refill(self.limits.max_cancelled);
     }
 
     /// A request ended in a request-level protocol error. `Err` when that
@@ -210,6 +222,7 @@ mod tests {
             window,
             max_errors,
             max_cancelled,
+            cancel_burst: 0,
         }
     }
 
@@ -305,6 +318,53 @@ mod tests {
             }
             assert_eq!(guard.on_cancelled(), Ok(()));
         }
+    }
+
+    #[test]
+    fn everything_in_flight_can_be_cancelled_at_once_but_a_flood_is_stopped() {
+        let limits = FloodLimits::default();
+        // 1024 requests in flight, then a @cancel for each.
+        let mut guard = FloodGuard::new(limits);
+        for _ in 0..1024 {
+            guard.on_request_started();
+        }
+        for _ in 0..1024 {
+            guard.on_request_started();
+            assert_eq!(guard.on_cancelled(), Ok(()));
+        }
+        // Then no more than the @cancel requests refilled: 384 per 1024
+        // started, less the one refill that found the allowance full.
+        let mut more = 0;
+        while guard.on_cancelled().is_ok() {
+            more += 1;
+        }
+        assert_eq!(more, 383);
+        // The same burst without the requests in flight first: a
+        // start-and-cancel flood, stopped after about 4 100 pairs.
+        let mut guard = FloodGuard::new(limits);
+        let mut pairs = 0;
+        while {
+            guard.on_request_started();
+            guard.on_request_started();
+            guard.on_cancelled().is_ok()
+        } {
+            pairs += 1;
+        }
+        assert_eq!(pairs, 4093);
+        // Without the burst, at the rate alone.
+        let mut guard = FloodGuard::new(FloodLimits {
+            cancel_burst: 0,
+            ..limits
+        });
+        let mut pairs = 0;
+        while {
+            guard.on_request_started();
+            guard.on_request_started();
+            guard.on_cancelled().is_ok()
+        } {
+            pairs += 1;
+        }
+        assert_eq!(pairs, 1533);
     }
 
     #[test]

@@ -558,6 +558,11 @@ impl Lifecycle {
                 .get(target)
                 .is_some_and(|e| !matches!(e.phase, Phase::Ending) || self.send.is_pending(target));
         let answer = if stoppable {
+            // Too many cancellations for the requests started: a flood
+            // (see `crate::flood`); the connection ends here.
+            if let Err(err) = self.reactor.on_cancelled(token.id) {
+                return self.fail_connection(&err);
+            }
             self.send.move_before(target, token.id);
             self.stop(target, "cancelled");
             self.counters.requests_cancelled += 1;

@@ -574,7 +574,7 @@ impl ServerReactor {
     /// use wiremux_proto::server::{Limits, ServerReactor};
     ///
     /// let limits = Limits {
-    ///     flood: FloodLimits { window: 100, max_errors: 10, max_cancelled: 1 },
+    ///     flood: FloodLimits { window: 100, max_errors: 10, max_cancelled: 1, cancel_burst: 0 },
     ///     ..Limits::default()
     /// };
     /// let mut reactor = ServerReactor::with_limits(limits);

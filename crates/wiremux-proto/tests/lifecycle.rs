@@ -1096,6 +1096,77 @@ fn cancel_a_running_request() {
 }
 
 #[test]
+fn a_start_and_cancel_flood_ends_the_connection_with_the_flood_error() {
+    // One cancellation allowed per 10 requests started, no larger burst.
+    let mut config = LifecycleConfig::default();
+    config.limits.flood = wiremux_proto::flood::FloodLimits {
+        window: 10,
+        max_errors: 0,
+        max_cancelled: 1,
+        cancel_burst: 0,
+    };
+    let mut c = Conn::with(config);
+    // The first pair spends the allowance; it is answered as usual.
+    c.cmd(1, "sleep ms=1000");
+    c.cmd(3, "@cancel id=1");
+    assert_lines!(c.events(), ["run 1 sleep ms=1000", "cancel 1"]);
+    assert_lines!(
+        c.out(),
+        [
+            "1 error-response application cancelled",
+            "3 bytes-response eos cancelled"
+        ]
+    );
+    // Two requests started refilled a fifth of one: the next pair is over.
+    c.cmd(1, "sleep ms=1000");
+    c.cmd(5, "sleep ms=1000");
+    assert_lines!(c.events(), ["run 1 sleep ms=1000", "run 5 sleep ms=1000"]);
+    c.cmd(3, "@cancel id=1");
+    // The transport stops everything when the lifecycle has failed; it is
+    // told nothing more.
+    assert!(c.events().is_empty());
+    assert_lines!(
+        c.out(),
+        ["3 error-response protocol request 3: more than 1 requests cancelled within 10 requests started"]
+    );
+    assert!(c.lc.is_failed());
+    // Nothing more is taken in, and the running commands' late results go
+    // nowhere.
+    c.body(5, "late");
+    c.cmd(7, "echo");
+    assert!(c.events().is_empty());
+    assert!(c.out().is_empty());
+    let counters = c.lc.take_counters();
+    assert_eq!(
+        (counters.requests_cancelled, counters.protocol_errors),
+        (1, 1)
+    );
+}
+
+#[test]
+fn deadlines_are_not_counted_as_cancellations() {
+    let mut config = LifecycleConfig::default();
+    config.limits.flood = wiremux_proto::flood::FloodLimits {
+        window: 10,
+        max_errors: 0,
+        max_cancelled: 1,
+        cancel_burst: 0,
+    };
+    let mut c = Conn::with(config);
+    for round in 0..20u64 {
+        c.cmd(1, "sleep ms=1000 @deadline=1");
+        assert_lines!(c.events(), ["run 1 sleep ms=1000"]);
+        c.tick(round + 1);
+        assert_lines!(c.events(), ["cancel 1"]);
+        assert_lines!(
+            c.out(),
+            ["1 error-response application timed out after 1 ms"]
+        );
+    }
+    assert!(!c.lc.is_failed());
+}
+
+#[test]
 fn cancel_a_held_request() {
     let mut c = Conn::new();
     c.cmd(1, "sleep");

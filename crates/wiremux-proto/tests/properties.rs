@@ -151,6 +151,7 @@ fn small_limits() -> Limits {
             window: 8,
             max_errors: 2,
             max_cancelled: 2,
+            cancel_burst: 0,
         },
     }
 }
@@ -659,7 +660,7 @@ proptest! {
     ) {
         let limits = Limits {
             max_discard_bytes,
-            flood: FloodLimits { window: 6, max_errors, max_cancelled },
+            flood: FloodLimits { window: 6, max_errors, max_cancelled, cancel_burst: 0 },
             ..Limits::default()
         };
         agree_with_the_model(&limits, &steps)?;

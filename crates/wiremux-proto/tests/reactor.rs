@@ -839,6 +839,7 @@ fn default_limits() {
                 window: 1024,
                 max_errors: 128,
                 max_cancelled: 384,
+                cancel_burst: 1024,
             },
         }
     );
@@ -1079,6 +1080,7 @@ fn flood_limits(window: u32, max_errors: u32, max_cancelled: u32) -> Limits {
             window,
             max_errors,
             max_cancelled,
+            cancel_burst: 0,
         },
         ..Limits::default()
     }
