@@ -1,5 +1,6 @@
 //! Benchmarks of the protocol core (wiremux-proto): frame decoding and
-//! encoding, and command assembly in the server reactor.
+//! encoding, command assembly in the server reactor, and the whole request
+//! lifecycle (reactor, section 8 scheduler, send side) per request.
 //!
 //! Run: `cargo bench --bench proto` (figures in docs/PERFORMANCE.md).
 //!
@@ -9,7 +10,9 @@
 
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use std::time::Instant;
 use wiremux::proto::builder::{encode_bytes_response, CommandBuilder};
+use wiremux::proto::lifecycle::{Event, Lifecycle, LifecycleConfig};
 use wiremux::proto::server::{Action, ServerReactor};
 use wiremux::proto::{Flags, Frame, FrameCodec, FrameType};
 
@@ -232,5 +235,64 @@ fn reactor(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode, encode, reactor);
+/// The wire of `SMALL_BATCH` 32-byte echoes on IDs 1, 3, 5, ...; with
+/// `after_first`, every one but the first runs `@after=1`.
+fn echo_wire(after_first: bool) -> Vec<u8> {
+    wire_of(
+        &(0..SMALL_BATCH)
+            .flat_map(|i| {
+                let mut echo = CommandBuilder::new("echo");
+                if after_first && i > 0 {
+                    echo = echo.arg("@after", "1");
+                }
+                echo.data(Bytes::from(vec![b'e'; 32]))
+                    .frames((2 * i + 1) as u16, 32768)
+                    .unwrap()
+            })
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// What the engine's connection does per request at the protocol level,
+/// through the one lifecycle every transport drives: decode, take the
+/// frame in, run what it says (the echo answers its data), frame the
+/// response. Compare with `reactor/echo-from-bytes`, the reactor alone
+/// (what a transport drove before the lifecycle): the difference is the
+/// lifecycle's own cost per request, section 8 included. With `@after`,
+/// the cost of a request with a reserved argument whose dependency has
+/// ended.
+fn lifecycle(c: &mut Criterion) {
+    let mut group = c.benchmark_group("lifecycle");
+    group.throughput(Throughput::Elements(SMALL_BATCH as u64));
+    for (name, after_first) in [("echo-from-bytes", false), ("echo-after-from-bytes", true)] {
+        let wire = echo_wire(after_first);
+        let mut lc = Lifecycle::new(LifecycleConfig::default());
+        let mut codec = FrameCodec::new();
+        let now = Instant::now();
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || BytesMut::from(&wire[..]),
+                |mut buf| {
+                    let mut ran = 0;
+                    while let Some(frame) = codec.decode_frame(&mut buf).unwrap() {
+                        lc.on_frame(frame, now);
+                        while let Some(event) = lc.poll_event() {
+                            if let Event::Run(token, request) = event {
+                                lc.on_body(token, request.data.unwrap_or_default());
+                                ran += 1;
+                            }
+                        }
+                    }
+                    assert_eq!(ran, SMALL_BATCH);
+                    black_box(lc.poll_transmit(usize::MAX).split());
+                    assert!(lc.is_done());
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decode, encode, reactor, lifecycle);
 criterion_main!(benches);
