@@ -27,7 +27,9 @@ pub struct Config {
     /// Requests taken in and not yet answered in full, per connection,
     /// held ones (waiting for a dependency) included. When reached, the
     /// connection stops reading until one finishes (backpressure, not an
-    /// error). Default 1024.
+    /// error). Default 1024. It is also the least burst of `@cancel`s the
+    /// flood limit allows (`limits.flood.cancel_burst`): a client may
+    /// cancel everything it has in flight at once.
     pub max_executing: usize,
     /// Async handlers started and not finished, across the whole server,
     /// for every transport (HTTP included). A handler takes its slot before
