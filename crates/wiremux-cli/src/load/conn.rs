@@ -4,23 +4,32 @@
 //!
 //! The task keeps its requests in a table indexed by request ID, encodes
 //! them from templates ([`super::requests::Template`]) into one write
-//! buffer, and assembles answers with wiremux-proto's
-//! [`ResponseAssembler`]. It waits on the socket's readiness (and, in the
-//! open loop, on its thread's dispatcher) and writes whatever is buffered
-//! whenever the socket takes it, so reading never waits behind writing.
+//! buffer, and decodes every whole frame of a read in place, in one pass
+//! over the read buffer, without a copy or an allocation per answer. It
+//! waits on the socket (and, in the open loop, on its thread's
+//! dispatcher) and writes whatever is buffered whenever the socket takes
+//! it, so reading never waits behind writing.
+//!
+//! Reads go through tokio's `poll_read`, which knows that a short read
+//! drained the socket: the next wait goes straight to the event loop
+//! instead of costing a read that would block. Times are nanoseconds
+//! since the run's start ([`Shared::now`]): one clock read per batch of
+//! answers, integer arithmetic per request.
 
 use super::mix::Entry;
 use super::requests::{self, Link};
 use super::run::{failure, Measured, Shared};
-use bytes::Buf;
 use bytes::BytesMut;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
-use tokio::io::Interest;
-use tokio::sync::Notify;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::io::{AsyncRead, ReadBuf};
 use wiremux_proto::{Flags, FrameType, Header, HEADER_LEN};
 
 /// How long a connection waits for any answer, once the run is over,
@@ -35,19 +44,22 @@ pub enum Stream {
 }
 
 impl Stream {
-    async fn ready(&self, interest: Interest) -> io::Result<tokio::io::Ready> {
+    /// tokio's `poll_read`: after a short read it takes the socket as
+    /// drained, so the next poll waits for the event loop without a read
+    /// that would block.
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self {
-            Stream::Tcp(s) => s.ready(interest).await,
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             #[cfg(unix)]
-            Stream::Unix(s) => s.ready(interest).await,
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 
-    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Stream::Tcp(s) => s.try_read_buf(buf),
+            Stream::Tcp(s) => s.poll_write_ready(cx),
             #[cfg(unix)]
-            Stream::Unix(s) => s.try_read_buf(buf),
+            Stream::Unix(s) => s.poll_write_ready(cx),
         }
     }
 
@@ -60,15 +72,106 @@ impl Stream {
     }
 }
 
-/// A request (or a whole chain) while it is out.
+/// Wakes a connection's task from another task of the same generator
+/// thread (the dispatcher, the end of the run); a wake before the task
+/// waits is kept, like a permit.
+#[derive(Default)]
+pub struct Wake {
+    set: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Wake {
+    /// Wakes the connection (or makes its next wait return at once).
+    pub fn wake(&self) {
+        self.set.set(true);
+        if let Some(w) = &*self.waker.borrow() {
+            w.wake_by_ref();
+        }
+    }
+
+    /// Whether a wake came since the last call; registers `cx`'s waker
+    /// for the next one when none did.
+    fn poll(&self, cx: &mut Context<'_>) -> bool {
+        if self.set.replace(false) {
+            return true;
+        }
+        let mut slot = self.waker.borrow_mut();
+        if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *slot = Some(cx.waker().clone());
+        }
+        false
+    }
+}
+
+/// What woke the connection's task.
+enum Event {
+    /// Bytes came in (or the peer closed: 0 bytes).
+    Read(usize),
+    /// The socket takes bytes again.
+    Writable,
+    /// The dispatcher or the end of the run.
+    Woken,
+}
+
+/// The read buffer: whole frames are decoded from `buf[start..end]` in
+/// place; a frame cut by the end of a read stays for the next one.
+struct ReadBuffer {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The length (header included) of the frame cut at `start`, or 0.
+    need: usize,
+}
+
+impl ReadBuffer {
+    const SIZE: usize = 64 << 10;
+    /// Less free room than this at the end, and the buffer is compacted
+    /// (or grown, for a frame longer than it) before the next read.
+    const MIN_ROOM: usize = 16 << 10;
+
+    fn new() -> ReadBuffer {
+        ReadBuffer {
+            buf: vec![0; Self::SIZE],
+            start: 0,
+            end: 0,
+            need: 0,
+        }
+    }
+
+    /// Makes room for a read of at least `MIN_ROOM` bytes, and for the
+    /// whole of the frame cut at `start`.
+    fn make_room(&mut self) {
+        let need = self.need;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.buf.len() > 1 << 20 && need <= Self::SIZE {
+                self.buf = vec![0; Self::SIZE];
+            }
+        }
+        if self.buf.len() - self.end < Self::MIN_ROOM || self.start + need > self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let want = (self.end + Self::MIN_ROOM).max(need);
+        if self.buf.len() < want {
+            self.buf.resize(want.next_power_of_two(), 0);
+        }
+    }
+}
+
+/// A request (or a whole chain) while it is out. Times are nanoseconds
+/// since the run's start ([`Shared::now`]).
 #[derive(Clone, Copy)]
 pub struct Call {
     pub seq: u64,
-    pub entry: usize,
     /// When it was due (open loop) or started (closed loop).
-    pub due: Instant,
+    pub due: u64,
     /// When its first bytes went into the write buffer.
-    pub sent: Instant,
+    pub sent: u64,
+    pub entry: u32,
     pub measured: bool,
 }
 
@@ -145,15 +248,18 @@ pub struct Conn {
     stream: Stream,
     shared: Rc<Shared>,
     /// Woken by the dispatcher (open loop) and at the end of the run.
-    pub notify: Rc<Notify>,
+    pub notify: Rc<Wake>,
     /// Free request IDs; the next one is at the end.
     free_ids: Vec<u16>,
     /// Bodies of multi-frame answers so far, by request ID.
     partial: Vec<Option<Vec<u8>>>,
+    /// How many of `partial` are `Some` (none, in an echo run: the
+    /// lookup is skipped).
+    partials: usize,
     slots: Vec<Slot>,
     chains: Vec<Option<Chain>>,
     free_chains: Vec<usize>,
-    rbuf: BytesMut,
+    rbuf: ReadBuffer,
     wbuf: BytesMut,
     outstanding: Outstanding,
     /// Mix items out (a chain counts once).
@@ -162,7 +268,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(stream: Stream, shared: Rc<Shared>, notify: Rc<Notify>) -> Conn {
+    pub fn new(stream: Stream, shared: Rc<Shared>, notify: Rc<Wake>) -> Conn {
         let m = Measured::empty(shared.plan.mix.entries().len());
         Conn {
             stream,
@@ -170,10 +276,11 @@ impl Conn {
             notify,
             free_ids: (0..1u16 << 15).rev().map(|i| 2 * i + 1).collect(),
             partial: (0..1 << 15).map(|_| None).collect(),
+            partials: 0,
             slots: (0..1 << 15).map(|_| Slot::Free).collect(),
             chains: Vec::new(),
             free_chains: Vec::new(),
-            rbuf: BytesMut::with_capacity(64 << 10),
+            rbuf: ReadBuffer::new(),
             wbuf: BytesMut::with_capacity(16 << 10),
             outstanding: Outstanding::default(),
             in_flight: 0,
@@ -187,14 +294,14 @@ impl Conn {
         let window = self.shared.plan.inflight;
         let open = self.shared.plan.rate.is_some();
         let mut stopping = false;
-        let mut drain_since: Option<Instant> = None;
+        let mut drain_since: Option<u64> = None;
         loop {
-            let now = Instant::now();
+            let now = self.shared.now();
             if !stopping && self.shared.stopping.get() {
                 stopping = true;
             }
             if !stopping && !open {
-                if self.shared.deadline.is_some_and(|d| now >= d) {
+                if self.shared.deadline_ns.is_some_and(|d| now >= d) {
                     stopping = true;
                 }
                 while !stopping && self.in_flight < window {
@@ -229,17 +336,11 @@ impl Conn {
             if stopping && self.in_flight == 0 && backlog_empty {
                 break;
             }
-            let interest = if self.wbuf.is_empty() {
-                Interest::READABLE
-            } else {
-                Interest::READABLE | Interest::WRITABLE
-            };
-            let ready = if stopping {
+            let event = if stopping {
                 let since = *drain_since.get_or_insert(now);
-                let left = DRAIN_TIMEOUT.saturating_sub(now - since);
+                let left = DRAIN_TIMEOUT.saturating_sub(Duration::from_nanos(now - since));
                 tokio::select! {
-                    ready = self.stream.ready(interest) => Some(ready),
-                    _ = self.notify.notified() => None,
+                    event = self.wait() => event,
                     _ = tokio::time::sleep(left) => {
                         self.m.errors[failure::LOST] += self.in_flight as u64;
                         self.m.fatal.get_or_insert_with(|| format!(
@@ -249,31 +350,64 @@ impl Conn {
                     }
                 }
             } else {
-                tokio::select! {
-                    ready = self.stream.ready(interest) => Some(ready),
-                    _ = self.notify.notified() => None,
-                }
+                self.wait().await
             };
-            match ready {
-                None => continue,
-                Some(Err(e)) => {
+            match event {
+                Err(e) => {
                     self.fail(format!("connection lost: {e}"));
                     break;
                 }
-                Some(Ok(r)) if r.is_readable() || r.is_read_closed() => {
-                    if let Err(why) = self.read() {
+                Ok(Event::Read(0)) => {
+                    let why = match self.frames() {
+                        Err(why) => why,
+                        Ok(()) => "connection lost: the server closed the connection".into(),
+                    };
+                    self.fail(why);
+                    break;
+                }
+                Ok(Event::Read(_)) => {
+                    if let Err(why) = self.frames() {
                         self.fail(why);
                         break;
                     }
                     drain_since = None;
                 }
-                Some(Ok(_)) => {}
+                Ok(Event::Writable | Event::Woken) => {}
             }
         }
-        if self.m.per_command.len() == 1 {
-            self.m.per_command[0] = self.m.all.clone();
-        }
+        self.m.finish();
         self.m
+    }
+
+    /// Waits until bytes came in (they are then in the read buffer), the
+    /// socket takes bytes again while some wait to go, or a wake.
+    async fn wait(&mut self) -> io::Result<Event> {
+        self.rbuf.make_room();
+        poll_fn(|cx| {
+            let rb = &mut self.rbuf;
+            let mut buf = ReadBuf::new(&mut rb.buf[rb.end..]);
+            match self.stream.poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => {
+                    let n = buf.filled().len();
+                    rb.end += n;
+                    return Poll::Ready(Ok(Event::Read(n)));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+            if !self.wbuf.is_empty() {
+                match self.stream.poll_write_ready(cx) {
+                    Poll::Ready(Ok(())) => return Poll::Ready(Ok(Event::Writable)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if self.notify.poll(cx) {
+                return Poll::Ready(Ok(Event::Woken));
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Counts every request still out as failed with the connection.
@@ -303,9 +437,9 @@ impl Conn {
 
     /// Starts the next mix item, due at `due`. False when the run must
     /// stop starting requests (`--requests` reached).
-    fn start(&mut self, due: Instant, now: Instant) -> bool {
+    fn start(&mut self, due: u64, now: u64) -> bool {
         let shared = &*self.shared;
-        let measured = due >= shared.measure_from;
+        let measured = due >= shared.measure_from_ns;
         if measured {
             if let Some(n) = shared.plan.requests {
                 if shared.issued.fetch_add(1, Relaxed) >= n {
@@ -317,7 +451,7 @@ impl Conn {
         let entry = shared.plan.mix.pick(seq);
         let call = Call {
             seq,
-            entry,
+            entry: entry as u32,
             due,
             sent: now,
             measured,
@@ -364,54 +498,37 @@ impl Conn {
         });
     }
 
-    /// Reads what the socket has and handles every whole answer in it.
-    fn read(&mut self) -> Result<(), String> {
-        loop {
-            self.rbuf.reserve(32 << 10);
-            match self.stream.try_read_buf(&mut self.rbuf) {
-                Ok(0) => {
-                    self.frames()?;
-                    return Err("connection lost: the server closed the connection".to_string());
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(format!("connection lost: {e}")),
-            }
-            if self.rbuf.len() < self.rbuf.capacity() {
-                break;
-            }
-            self.frames()?;
-        }
-        self.frames()
-    }
-
-    /// Handles every whole frame at the front of the read buffer. Headers
+    /// Handles every whole frame of the read buffer, in one pass. Headers
     /// are parsed in place; a one-frame answer is checked where it lies,
-    /// without a copy; longer answers are gathered per request ID.
+    /// without a copy; longer answers are gathered per request ID. One
+    /// clock read stands for the arrival of all of them: they came in the
+    /// same read.
     fn frames(&mut self) -> Result<(), String> {
-        let now = Instant::now();
-        let rbuf = std::mem::take(&mut self.rbuf);
-        let mut at = 0;
+        let now = self.shared.now();
+        let rbuf = std::mem::take(&mut self.rbuf.buf);
+        let (mut at, end) = (self.rbuf.start, self.rbuf.end);
+        self.rbuf.need = 0;
         let mut result = Ok(());
         let mut done = 0;
-        while rbuf.len() - at >= HEADER_LEN {
+        while end - at >= HEADER_LEN {
             let head: &[u8; HEADER_LEN] = rbuf[at..at + HEADER_LEN].try_into().expect("6 bytes");
             let header = Header::parse(head);
-            let end = at + HEADER_LEN + header.length;
-            if end > rbuf.len() {
+            let stop = at + HEADER_LEN + header.length;
+            if stop > end {
+                self.rbuf.need = stop - at;
                 break;
             }
-            match self.on_frame(header, &rbuf[at + HEADER_LEN..end], now) {
+            match self.on_frame(header, &rbuf[at + HEADER_LEN..stop], now) {
                 Ok(finished) => done += u64::from(finished),
                 Err(why) => {
                     result = Err(why);
                     break;
                 }
             }
-            at = end;
+            at = stop;
         }
-        self.rbuf = rbuf;
-        self.rbuf.advance(at);
+        self.rbuf.buf = rbuf;
+        self.rbuf.start = at;
         if done > 0 {
             self.shared.live.completed.fetch_add(done, Relaxed);
         }
@@ -423,7 +540,7 @@ impl Conn {
     }
 
     /// One frame from the server; true when it finished a mix item.
-    fn on_frame(&mut self, header: Header, payload: &[u8], now: Instant) -> Result<bool, String> {
+    fn on_frame(&mut self, header: Header, payload: &[u8], now: u64) -> Result<bool, String> {
         let id = header.request_id;
         let index = usize::from(id >> 1);
         let unexpected = |what: &str| {
@@ -440,12 +557,14 @@ impl Conn {
         let answer = match header.frame_type {
             FrameType::BYTES_RESPONSE => match header.flags.bits() {
                 Flags::CONTINUATION => {
-                    self.partial[index]
-                        .get_or_insert_with(Vec::new)
-                        .extend_from_slice(payload);
+                    let part = &mut self.partial[index];
+                    if part.is_none() {
+                        self.partials += 1;
+                    }
+                    part.get_or_insert_with(Vec::new).extend_from_slice(payload);
                     return Ok(false);
                 }
-                Flags::DATA_EOS => match self.partial[index].take() {
+                Flags::DATA_EOS => match self.take_partial(index) {
                     None => Answer::Bytes(payload),
                     Some(mut body) => {
                         body.extend_from_slice(payload);
@@ -461,7 +580,7 @@ impl Conn {
                 }
             },
             FrameType::ERROR_RESPONSE => {
-                self.partial[index] = None;
+                self.take_partial(index);
                 let message = String::from_utf8_lossy(payload).into_owned();
                 if header.flags.contains(Flags::PROTOCOL) {
                     Answer::Protocol(message)
@@ -479,9 +598,10 @@ impl Conn {
             Slot::Free => unreachable!("checked above"),
             Slot::Call(call) => {
                 self.free_ids.push(id);
+                let template = &self.shared.templates[call.entry as usize];
                 let verdict = match answer {
-                    Answer::Bytes(body) if self.shared.templates[call.entry].echo => {
-                        if self.shared.templates[call.entry].echoed(call.seq, body) {
+                    Answer::Bytes(body) if template.echo => {
+                        if template.echoed(call.seq, body) {
                             Verdict::Ok(body.len())
                         } else {
                             Verdict::Mismatch(format!(
@@ -492,7 +612,7 @@ impl Conn {
                         }
                     }
                     answer => {
-                        let entry = &self.shared.plan.mix.entries()[call.entry];
+                        let entry = &self.shared.plan.mix.entries()[call.entry as usize];
                         verdict_of(entry, call.seq, self.shared.plan.payload, answer)
                     }
                 };
@@ -510,6 +630,18 @@ impl Conn {
                 Ok(true)
             }
         }
+    }
+
+    /// The gathered body of a multi-frame answer to request `index`, if
+    /// one was started (a lookup only while some are).
+    #[inline]
+    fn take_partial(&mut self, index: usize) -> Option<Vec<u8>> {
+        if self.partials == 0 {
+            return None;
+        }
+        let part = self.partial[index].take();
+        self.partials -= usize::from(part.is_some());
+        part
     }
 
     /// One link of a chain answered; the chain's verdict once it is over.
@@ -562,7 +694,7 @@ impl Conn {
     }
 
     /// Books a finished request (or chain).
-    fn complete(&mut self, call: Call, verdict: Verdict, now: Instant) {
+    fn complete(&mut self, call: Call, verdict: Verdict, now: u64) {
         self.in_flight -= 1;
         book(
             &mut self.m,
@@ -610,7 +742,7 @@ pub fn book(
     outstanding: &mut Outstanding,
     call: Call,
     verdict: Verdict,
-    now: Instant,
+    now: u64,
 ) {
     let Some(overtaken) = outstanding.remove(call.seq) else {
         m.duplicates += 1;
@@ -631,7 +763,7 @@ pub fn book(
     }
     let bytes = match verdict {
         Verdict::Ok(body) => {
-            let sent = if shared.templates[call.entry].echo {
+            let sent = if shared.templates[call.entry as usize].echo {
                 shared.plan.payload
             } else {
                 0
@@ -661,27 +793,24 @@ pub fn book(
     };
     m.ok += 1;
     m.bytes += bytes;
-    let total = micros(now.saturating_duration_since(call.due));
+    let total = micros(now.saturating_sub(call.due));
     if m.per_command.len() > 1 {
-        // (With one command, its histogram is `all`, copied at the end.)
-        m.per_command[call.entry].saturating_record(total);
+        // (With one command, its histogram is `all`, filled at the end.)
+        m.per_command[call.entry as usize].saturating_record(total);
     }
-    m.all.saturating_record(total);
     if shared.plan.rate.is_some() {
         // Closed loop, a request is sent when it is due: nothing to split.
-        m.wire
-            .saturating_record(micros(now.saturating_duration_since(call.sent)));
+        m.wire.saturating_record(micros(now.saturating_sub(call.sent)));
         m.queued
-            .saturating_record(micros(call.sent.saturating_duration_since(call.due)));
+            .saturating_record(micros(call.sent.saturating_sub(call.due)));
     }
     // By the second the request was due in, so the last second holds
-    // what was started in it, not only the stragglers of the end.
-    let second = call
-        .due
-        .saturating_duration_since(shared.measure_from)
-        .as_secs() as usize;
-    while m.timeline.len() <= second {
-        m.timeline.push(super::run::histogram());
+    // what was started in it, not only the stragglers of the end. `all`
+    // is the sum of these ([`Measured::finish`]), so each answer is
+    // recorded once.
+    let second = (call.due.saturating_sub(shared.measure_from_ns) / 1_000_000_000) as usize;
+    if m.timeline.len() <= second {
+        m.timeline.resize_with(second + 1, super::run::histogram);
     }
     m.timeline[second].saturating_record(total);
 }
@@ -699,9 +828,10 @@ pub enum Verdict {
     Protocol(String),
 }
 
-/// Microseconds, clamped to the histograms' range.
-pub fn micros(d: Duration) -> u64 {
-    (d.as_micros() as u64).clamp(1, 100_000_000)
+/// Nanoseconds in whole microseconds, clamped to the histograms' range.
+#[inline]
+pub fn micros(nanos: u64) -> u64 {
+    (nanos / 1000).clamp(1, 100_000_000)
 }
 
 #[cfg(test)]

@@ -13,7 +13,6 @@ use super::run::{failure, Measured, Shared};
 use bytes::BytesMut;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
 use wiremux_http::HttpClient;
 use wiremux_proto::{Flags, FrameType};
 
@@ -40,14 +39,14 @@ pub async fn worker(shared: Rc<Shared>, root: String) -> Measured {
     let entries = shared.plan.mix.entries();
     let mut calls: Vec<Option<Call>> = vec![None; batch];
     'run: loop {
-        let now = Instant::now();
-        if shared.stopping.get() || shared.deadline.is_some_and(|d| now >= d) {
+        let now = shared.now();
+        if shared.stopping.get() || shared.deadline_ns.is_some_and(|d| now >= d) {
             break;
         }
         let mut body = BytesMut::new();
         let mut name = None;
         for (i, slot) in calls.iter_mut().enumerate() {
-            let measured = now >= shared.measure_from;
+            let measured = now >= shared.measure_from_ns;
             if measured {
                 if let Some(n) = shared.plan.requests {
                     if shared.issued.fetch_add(1, Relaxed) >= n {
@@ -66,7 +65,7 @@ pub async fn worker(shared: Rc<Shared>, root: String) -> Measured {
             shared.templates[entry].write(id, seq, shared.plan.payload, &mut body);
             *slot = Some(Call {
                 seq,
-                entry,
+                entry: entry as u32,
                 due: now,
                 sent: now,
                 measured,
@@ -134,14 +133,14 @@ pub async fn worker(shared: Rc<Shared>, root: String) -> Measured {
                 other => Answer::Protocol(format!("a server does not send {other} frames")),
             };
             let verdict: Verdict =
-                verdict_of(&entries[call.entry], call.seq, shared.plan.payload, answer);
+                verdict_of(&entries[call.entry as usize], call.seq, shared.plan.payload, answer);
             book(
                 &mut m,
                 &shared,
                 &mut outstanding,
                 call,
                 verdict,
-                Instant::now(),
+                shared.now(),
             );
             shared.live.completed.fetch_add(1, Relaxed);
         }
@@ -156,9 +155,7 @@ pub async fn worker(shared: Rc<Shared>, root: String) -> Measured {
             break;
         }
     }
-    if m.per_command.len() == 1 {
-        m.per_command[0] = m.all.clone();
-    }
+    m.finish();
     m
 }
 

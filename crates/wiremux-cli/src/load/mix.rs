@@ -98,7 +98,11 @@ impl Mix {
     }
 
     /// The entry index for request number `seq`.
+    #[inline]
     pub fn pick(&self, seq: u64) -> usize {
+        if self.entries.len() == 1 {
+            return 0;
+        }
         self.wheel[(seq % self.wheel.len() as u64) as usize]
     }
 }

@@ -28,6 +28,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
+use super::conn::Wake;
 use tokio::sync::Notify;
 
 /// Where to send the load.
@@ -179,6 +180,20 @@ impl Measured {
         self.first_error = self.first_error.take().or(other.first_error);
     }
 
+    /// Ends one connection's measurement: fills `all` (and, with a single
+    /// command, that command's histogram) from the timeline. The hot path
+    /// records each correct answer once, into the histogram of the second
+    /// it was due in; every such answer is in exactly one second, so the
+    /// sum is exactly the histogram of all of them.
+    pub fn finish(&mut self) {
+        for h in &self.timeline {
+            self.all.add(h).expect("same bounds");
+        }
+        if self.per_command.len() == 1 {
+            self.per_command[0] = self.all.clone();
+        }
+    }
+
     /// Requests that ended, well or not (the lost ones did not).
     pub fn completed(&self) -> u64 {
         self.ok + self.errors[..failure::LOST].iter().sum::<u64>()
@@ -233,11 +248,21 @@ pub struct Outcome {
 }
 
 /// Per-thread state shared by its connections.
+///
+/// Times on the hot path are nanoseconds since `base` (the run's start)
+/// as plain integers: one clock read per batch of answers, and integer
+/// subtraction per request instead of `Instant` arithmetic.
 pub struct Shared {
     pub plan: Plan,
     pub templates: Vec<Template>,
-    pub measure_from: Instant,
+    /// The run's start; the origin of every `u64` time below.
+    pub base: Instant,
     pub deadline: Option<Instant>,
+    /// Where the measured part begins (the warm-up ends), in nanoseconds
+    /// since `base`.
+    pub measure_from_ns: u64,
+    /// `deadline`, in nanoseconds since `base`.
+    pub deadline_ns: Option<u64>,
     /// Measured requests started, over all threads (for `--requests`).
     pub issued: Arc<AtomicU64>,
     pub live: Arc<Live>,
@@ -245,12 +270,24 @@ pub struct Shared {
     /// is done).
     pub stopping: Cell<bool>,
     /// Open loop: due times of requests due and not yet sent.
-    backlog: RefCell<VecDeque<Instant>>,
+    backlog: RefCell<VecDeque<u64>>,
 }
 
 impl Shared {
+    /// Now, in nanoseconds since `base`.
+    #[inline]
+    pub fn now(&self) -> u64 {
+        self.ns(Instant::now())
+    }
+
+    /// `t` in nanoseconds since `base` (0 before it).
+    #[inline]
+    pub fn ns(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_nanos() as u64
+    }
+
     /// The oldest due request of the backlog.
-    pub fn take_due(&self) -> Option<Instant> {
+    pub fn take_due(&self) -> Option<u64> {
         self.backlog.borrow_mut().pop_front()
     }
 
@@ -393,14 +430,16 @@ fn generator(
         let shared = Rc::new(Shared {
             plan: plan.clone(),
             templates,
-            measure_from,
+            base: start,
             deadline,
+            measure_from_ns: plan.warmup.as_nanos() as u64,
+            deadline_ns: deadline.map(|d| d.saturating_duration_since(start).as_nanos() as u64),
             issued,
             live,
             stopping: Cell::new(false),
             backlog: RefCell::new(VecDeque::new()),
         });
-        let notifies: Vec<Rc<Notify>> = streams.iter().map(|_| Rc::new(Notify::new())).collect();
+        let notifies: Vec<Rc<Wake>> = streams.iter().map(|_| Rc::new(Wake::default())).collect();
         let mut tasks = Vec::new();
         if let Some(root) = &http {
             for _ in &mine {
@@ -445,7 +484,7 @@ fn generator(
                     tokio::task::spawn_local(async move {
                         tokio::time::sleep_until(deadline.into()).await;
                         shared.stopping.set(true);
-                        notifies.iter().for_each(|n| n.notify_one());
+                        notifies.iter().for_each(|n| n.wake());
                     });
                 }
             }
@@ -543,7 +582,7 @@ fn ticker_thread(schedule: Schedule, tick: Arc<Notify>, done: Arc<AtomicBool>) -
 }
 
 /// Puts what is due on the backlog and wakes connections to send it.
-async fn dispatch(schedule: Schedule, shared: &Shared, conns: &[Rc<Notify>], tick: Arc<Notify>) {
+async fn dispatch(schedule: Schedule, shared: &Shared, conns: &[Rc<Wake>], tick: Arc<Notify>) {
     let mut k = 0u64;
     let mut next_conn = 0;
     'run: while !shared.stopping.get() {
@@ -558,17 +597,17 @@ async fn dispatch(schedule: Schedule, shared: &Shared, conns: &[Rc<Notify>], tic
             if shared.deadline.is_some_and(|d| due >= d) {
                 break 'run;
             }
-            shared.backlog.borrow_mut().push_back(due);
+            shared.backlog.borrow_mut().push_back(shared.ns(due));
             k += 1;
             new += 1;
         }
         for _ in 0..new.min(conns.len()) {
-            conns[next_conn].notify_one();
+            conns[next_conn].wake();
             next_conn = (next_conn + 1) % conns.len();
         }
     }
     shared.stopping.set(true);
-    conns.iter().for_each(|n| n.notify_one());
+    conns.iter().for_each(|n| n.wake());
 }
 
 /// CPU time of the calling thread, in seconds (Linux).
