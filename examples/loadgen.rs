@@ -1,7 +1,7 @@
 //! How fast is `wiremux load` against the fastest client one can write?
 //!
 //!     cargo build --release -p wiremux-cli
-//!     cargo run --release --example loadgen -- [SECONDS] [ROUNDS]
+//!     cargo run --release --example loadgen -- [SECONDS] [ROUNDS] [raw|wiremux]
 //!
 //! Starts a minimal raw-frame echo server (parse headers, answer each
 //! complete command of a read with one write, no task per request) and
@@ -19,7 +19,9 @@
 //!   --inflight 256 --threads 1 --warmup 0s`, which checks every answer.
 //!
 //! It prints requests/s and CPU time per request of both, and the ratio of
-//! `wiremux load` to `minimal` per server. The two run one after the other
+//! `wiremux load` to `minimal` per server: over all rounds, and the median
+//! and range of the rounds' ratios. A third argument, `raw` or `wiremux`,
+//! runs against that server only. The two run one after the other
 //! against the same server in the same process run, so the ratio holds
 //! better than either figure on a busy machine.
 
@@ -173,6 +175,15 @@ fn number(text: &str, key: &str) -> f64 {
     digits.parse().unwrap_or(f64::NAN)
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 fn thread_cpu() -> f64 {
     let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
     text.split_whitespace()
@@ -185,6 +196,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let secs: f64 = args.next().map_or(3.0, |s| s.parse().expect("SECONDS"));
     let rounds: usize = args.next().map_or(2, |s| s.parse().expect("ROUNDS"));
+    let only: Option<String> = args.next();
     let run = Duration::from_secs_f64(secs);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -193,6 +205,9 @@ fn main() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average before: {}", load.trim());
     for (name, raw) in [("raw-frame echo server", true), ("wiremux server", false)] {
+        if only.as_deref().is_some_and(|o| o != if raw { "raw" } else { "wiremux" }) {
+            continue;
+        }
         let addr = spawn_server(if raw { "raw-frame" } else { "wiremux" }, raw);
         let (mut mine, mut theirs) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
@@ -212,9 +227,19 @@ fn main() {
             );
         }
         let sum = |v: &[(f64, f64)]| v.iter().map(|x| x.0).sum::<f64>();
+        let ratios: Vec<f64> = mine.iter().zip(&theirs).map(|(m, w)| w.0 / m.0).collect();
+        let cpu = |v: &[(f64, f64)]| median(v.iter().map(|x| x.1).collect());
         println!(
-            "  all rounds: wiremux load / minimal = {:.2}",
-            sum(&theirs) / sum(&mine)
+            "  all rounds: wiremux load / minimal = {:.2}; per round: median {:.2}, range {:.2}-{:.2}",
+            sum(&theirs) / sum(&mine),
+            median(ratios.clone()),
+            ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            ratios.iter().copied().fold(0.0, f64::max),
+        );
+        println!(
+            "  median CPU per request: minimal {:.3} µs, wiremux load {:.3} µs",
+            cpu(&mine),
+            cpu(&theirs)
         );
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

@@ -21,7 +21,6 @@ use super::requests::{self, Link};
 use super::run::{failure, Measured, Shared};
 use bytes::BytesMut;
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -197,46 +196,82 @@ struct Chain {
 }
 
 /// Requests of this connection still unanswered, by sequence number: one
-/// bit each, from the oldest one out.
-#[derive(Default)]
+/// bit each, in a ring of words from the oldest word with one out.
 pub struct Outstanding {
+    /// Word `w` (sequence numbers `64 w ..`) is `words[w & mask]`; the
+    /// ring holds the words from `first_word` to the one of `next`.
+    words: Vec<u64>,
+    mask: u64,
     first_word: u64,
-    words: VecDeque<u64>,
     next: u64,
+}
+
+impl Default for Outstanding {
+    fn default() -> Outstanding {
+        Outstanding {
+            words: vec![0; 16],
+            mask: 15,
+            first_word: 0,
+            next: 0,
+        }
+    }
 }
 
 impl Outstanding {
     /// Marks the next sequence number as out and returns it.
+    #[inline]
     pub fn push(&mut self) -> u64 {
         let seq = self.next;
         self.next += 1;
-        let w = (seq / 64 - self.first_word) as usize;
-        while self.words.len() <= w {
-            self.words.push_back(0);
+        let w = seq / 64;
+        if w - self.first_word > self.mask {
+            self.grow();
         }
-        self.words[w] |= 1 << (seq % 64);
+        self.words[(w & self.mask) as usize] |= 1 << (seq % 64);
         seq
+    }
+
+    /// Doubles the ring, keeping every word at its place for the new mask.
+    #[cold]
+    fn grow(&mut self) {
+        let mut words = vec![0; self.words.len() * 2];
+        let mask = words.len() as u64 - 1;
+        for w in self.first_word..=(self.next - 1) / 64 {
+            words[(w & mask) as usize] = self.words[(w & self.mask) as usize];
+        }
+        // The word of `next - 1` is new: it was not in the old ring.
+        words[(((self.next - 1) / 64) & mask) as usize] = 0;
+        self.words = words;
+        self.mask = mask;
     }
 
     /// Marks `seq` answered; returns how many earlier requests are still
     /// out (the ones it overtook), or `None` if `seq` was not out.
+    #[inline]
     pub fn remove(&mut self, seq: u64) -> Option<u64> {
-        let w = (seq / 64).checked_sub(self.first_word)? as usize;
+        let w = seq / 64;
+        if seq >= self.next || w < self.first_word {
+            return None;
+        }
         let bit = 1u64 << (seq % 64);
-        let word = self.words.get_mut(w)?;
+        let word = &mut self.words[(w & self.mask) as usize];
         if *word & bit == 0 {
             return None;
         }
         *word &= !bit;
-        let earlier = self
-            .words
-            .iter()
-            .take(w)
-            .map(|x| u64::from(x.count_ones()))
-            .sum::<u64>()
-            + u64::from((self.words[w] & (bit - 1)).count_ones());
-        while self.words.front() == Some(&0) && (self.first_word + 1) * 64 <= self.next {
-            self.words.pop_front();
+        let below = *word & (bit - 1);
+        let earlier = if w == self.first_word && below == 0 {
+            // The oldest one out: answers in order cost no counting.
+            0
+        } else {
+            (self.first_word..w)
+                .map(|x| u64::from(self.words[(x & self.mask) as usize].count_ones()))
+                .sum::<u64>()
+                + u64::from(below.count_ones())
+        };
+        while self.first_word < self.next / 64
+            && self.words[(self.first_word & self.mask) as usize] == 0
+        {
             self.first_word += 1;
         }
         Some(earlier)
@@ -807,12 +842,9 @@ pub fn book(
     // By the second the request was due in, so the last second holds
     // what was started in it, not only the stragglers of the end. `all`
     // is the sum of these ([`Measured::finish`]), so each answer is
-    // recorded once.
+    // recorded once, and into a flat tally ([`super::histo::Tally`]).
     let second = (call.due.saturating_sub(shared.measure_from_ns) / 1_000_000_000) as usize;
-    if m.timeline.len() <= second {
-        m.timeline.resize_with(second + 1, super::run::histogram);
-    }
-    m.timeline[second].saturating_record(total);
+    m.tally.record(&mut m.timeline, second, total);
 }
 /// How one request ended.
 pub enum Verdict {
@@ -854,5 +886,27 @@ mod tests {
         assert_eq!(o.remove(500), None, "never sent");
         assert_eq!(o.push(), 200);
         assert_eq!(o.remove(200), Some(47), "152..=198 are still out");
+    }
+
+    #[test]
+    fn outstanding_grows_around_a_request_that_stays_out() {
+        let mut o = Outstanding::default();
+        assert_eq!(o.push(), 0);
+        // Far more than the ring's first size go out and come back while
+        // request 0 (and, from 2500 on, 2500) stays out.
+        for s in 1..5000 {
+            assert_eq!(o.push(), s);
+            match s {
+                2500 => {}
+                ..2500 => assert_eq!(o.remove(s), Some(1), "overtakes 0 only"),
+                _ => assert_eq!(o.remove(s), Some(2), "overtakes 0 and 2500"),
+            }
+        }
+        assert_eq!(o.remove(4999), None, "answered already");
+        assert_eq!(o.remove(2500), Some(1));
+        assert_eq!(o.remove(0), Some(0));
+        assert_eq!(o.remove(0), None);
+        assert_eq!(o.push(), 5000);
+        assert_eq!(o.remove(5000), Some(0));
     }
 }

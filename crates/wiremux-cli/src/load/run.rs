@@ -120,6 +120,8 @@ pub struct Measured {
     pub fatal: Option<String>,
     /// The first wrong or unexpected answer, with the server's message.
     pub first_error: Option<String>,
+    /// Latencies not yet in `timeline` (see [`Measured::finish`]).
+    pub tally: super::histo::Tally,
 }
 
 impl Measured {
@@ -142,6 +144,7 @@ impl Measured {
             duplicates: 0,
             fatal: None,
             first_error: None,
+            tally: Default::default(),
         }
     }
 
@@ -180,12 +183,14 @@ impl Measured {
         self.first_error = self.first_error.take().or(other.first_error);
     }
 
-    /// Ends one connection's measurement: fills `all` (and, with a single
-    /// command, that command's histogram) from the timeline. The hot path
-    /// records each correct answer once, into the histogram of the second
-    /// it was due in; every such answer is in exactly one second, so the
-    /// sum is exactly the histogram of all of them.
+    /// Ends one connection's measurement: adds the tally to the timeline,
+    /// then fills `all` (and, with a single command, that command's
+    /// histogram) from the timeline. The hot path records each correct
+    /// answer once, into the tally or the histogram of the second it was
+    /// due in; every such answer is in exactly one second, so the sum is
+    /// exactly the histogram of all of them.
     pub fn finish(&mut self) {
+        self.tally.flush(&mut self.timeline);
         for h in &self.timeline {
             self.all.add(h).expect("same bounds");
         }
