@@ -205,7 +205,10 @@ fn main() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average before: {}", load.trim());
     for (name, raw) in [("raw-frame echo server", true), ("wiremux server", false)] {
-        if only.as_deref().is_some_and(|o| o != if raw { "raw" } else { "wiremux" }) {
+        if only
+            .as_deref()
+            .is_some_and(|o| o != if raw { "raw" } else { "wiremux" })
+        {
             continue;
         }
         let addr = spawn_server(if raw { "raw-frame" } else { "wiremux" }, raw);

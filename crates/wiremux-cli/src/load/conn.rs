@@ -835,7 +835,8 @@ pub fn book(
     }
     if shared.plan.rate.is_some() {
         // Closed loop, a request is sent when it is due: nothing to split.
-        m.wire.saturating_record(micros(now.saturating_sub(call.sent)));
+        m.wire
+            .saturating_record(micros(now.saturating_sub(call.sent)));
         m.queued
             .saturating_record(micros(call.sent.saturating_sub(call.due)));
     }

@@ -122,10 +122,16 @@ mod tests {
         let mut tally = Tally::default();
         let mut x = 12345u64;
         for i in 0..20_000u64 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             // Mostly short, some long; seconds mostly rising, with
             // stragglers of the second before.
-            let us = if x % 50 == 0 { 1 + (x >> 20) % 5_000_000 } else { 1 + (x >> 20) % 3000 };
+            let us = if x % 50 == 0 {
+                1 + (x >> 20) % 5_000_000
+            } else {
+                1 + (x >> 20) % 3000
+            };
             let second = (i / 5000) as usize - usize::from(i % 5000 < 100 && i >= 5000);
             record(&mut direct, second, us);
             tally.record(&mut tallied, second, us);

@@ -132,8 +132,12 @@ pub async fn worker(shared: Rc<Shared>, root: String) -> Measured {
                 }
                 other => Answer::Protocol(format!("a server does not send {other} frames")),
             };
-            let verdict: Verdict =
-                verdict_of(&entries[call.entry as usize], call.seq, shared.plan.payload, answer);
+            let verdict: Verdict = verdict_of(
+                &entries[call.entry as usize],
+                call.seq,
+                shared.plan.payload,
+                answer,
+            );
             book(
                 &mut m,
                 &shared,

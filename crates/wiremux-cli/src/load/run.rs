@@ -18,6 +18,7 @@
 //! time from the write to the answer as `wire`, and the latency reported
 //! is their sum, so a server that stalls shows in the percentiles.
 
+use super::conn::Wake;
 use super::conn::{Conn, Stream};
 use super::mix::Mix;
 use super::requests::Template;
@@ -28,7 +29,6 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
-use super::conn::Wake;
 use tokio::sync::Notify;
 
 /// Where to send the load.
