@@ -6,88 +6,15 @@
 //! Figures are printed (run with `--nocapture`) for docs/RELIABILITY.md.
 
 use bytes::BytesMut;
+use common::hostile::{read_frame, read_until_closed, send_lines, Sampler, ServeProcess, Victim};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 use wiremux_proto::builder::CommandBuilder;
 use wiremux_proto::human::{format_frame, parse_frame};
-use wiremux_proto::{Frame, FrameCodec};
+use wiremux_proto::Frame;
 
 mod common;
-
-/// A `wiremux serve --listen 127.0.0.1:0` process with default settings.
-struct ServeProcess {
-    serve: common::Serve,
-    addr: SocketAddr,
-}
-
-impl ServeProcess {
-    fn start() -> ServeProcess {
-        let serve = common::Serve::start(&["--listen", "127.0.0.1:0"]);
-        let addr = serve.listening.parse().unwrap();
-        ServeProcess { serve, addr }
-    }
-
-    fn rss_kib(&self) -> u64 {
-        self.serve.rss_kib()
-    }
-
-    fn connect(&self) -> TcpStream {
-        let stream = TcpStream::connect(self.addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        stream.set_nodelay(true).unwrap();
-        stream
-    }
-
-    /// A fresh client's `echo` is answered: the server still serves.
-    fn assert_serving(&self) {
-        let mut s = self.connect();
-        send_lines(
-            &mut s,
-            &[
-                "1 command-name have-data echo",
-                "1 command-data eos still here",
-            ],
-        );
-        assert_eq!(
-            read_frame(&mut s, &mut BytesMut::new()).map(|f| format_frame(&f)),
-            Some("1 bytes-response eos still here".into())
-        );
-    }
-}
-
-fn send_lines(stream: &mut TcpStream, lines: &[&str]) {
-    let mut out = Vec::new();
-    for line in lines {
-        parse_frame(line).unwrap().encode(&mut out);
-    }
-    stream.write_all(&out).unwrap();
-}
-
-/// The next frame, or `None` once the server has closed.
-fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<Frame> {
-    let mut codec = FrameCodec::new();
-    loop {
-        if let Some(frame) = codec.decode_frame(buf).unwrap() {
-            return Some(frame);
-        }
-        let mut chunk = [0u8; 65536];
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-/// Reads frames until the server closes; returns them as human lines.
-fn read_until_closed(stream: &mut TcpStream) -> Vec<String> {
-    let mut buf = BytesMut::new();
-    std::iter::from_fn(|| read_frame(stream, &mut buf))
-        .map(|f| format_frame(&f))
-        .collect()
-}
 
 #[test]
 fn a_header_announcing_16_mib_is_refused_before_buffering() {
@@ -111,87 +38,6 @@ fn a_header_announcing_16_mib_is_refused_before_buffering() {
         after - before
     );
     server.assert_serving();
-}
-
-/// A client making sequential `echo` calls on its own connection while an
-/// attack runs; [`Victim::stop`] gives its latencies.
-struct Victim {
-    running: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<Duration>>,
-}
-
-impl Victim {
-    fn start(server: &ServeProcess) -> Victim {
-        let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let mut s = server.connect();
-        let flag = running.clone();
-        let thread = std::thread::spawn(move || {
-            let mut buf = BytesMut::new();
-            let mut latencies = Vec::new();
-            let mut id = 1u16;
-            // At least 50 calls, so that a percentile means something.
-            while flag.load(std::sync::atomic::Ordering::Relaxed) || latencies.len() < 50 {
-                let started = Instant::now();
-                let mut wire = BytesMut::new();
-                CommandBuilder::new("echo")
-                    .data("victim")
-                    .encode(id, 32768, &mut wire)
-                    .unwrap();
-                s.write_all(&wire).unwrap();
-                let frame = read_frame(&mut s, &mut buf).expect("victim answered");
-                assert_eq!(
-                    format_frame(&frame),
-                    format!("{id} bytes-response eos victim")
-                );
-                latencies.push(started.elapsed());
-                id = if id >= 32765 { 1 } else { id + 2 };
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            latencies
-        });
-        Victim { running, thread }
-    }
-
-    /// Stops the calls; returns (calls, p50, p99, max).
-    fn stop(self) -> (usize, Duration, Duration, Duration) {
-        self.running
-            .store(false, std::sync::atomic::Ordering::Relaxed);
-        let mut latencies = self.thread.join().expect("victim served throughout");
-        latencies.sort();
-        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
-        (latencies.len(), at(0.5), at(0.99), at(1.0))
-    }
-}
-
-/// Samples the server's RSS every 20 ms on a thread until dropped; the peak.
-struct RssSampler {
-    running: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<u64>,
-}
-
-impl RssSampler {
-    fn start(server: &ServeProcess) -> RssSampler {
-        let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let flag = running.clone();
-        let pid = server.serve.child.id();
-        let thread = std::thread::spawn(move || {
-            let mut peak = 0;
-            while flag.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Some(kib) = common::rss_kib_of(pid) {
-                    peak = peak.max(kib);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            peak
-        });
-        RssSampler { running, thread }
-    }
-
-    fn peak(self) -> u64 {
-        self.running
-            .store(false, std::sync::atomic::Ordering::Relaxed);
-        self.thread.join().unwrap()
-    }
 }
 
 /// Writes `block` over and over (at most `max_bytes`) until a
@@ -257,7 +103,7 @@ const DISCARD_CUT: &str = "1 error-response protocol request 1: more than 838860
 fn a_data_stream_that_never_ends_is_cut_at_the_discard_limit() {
     let server = ServeProcess::start();
     let before = server.rss_kib();
-    let sampler = RssSampler::start(&server);
+    let sampler = Sampler::rss(&server);
     let victim = Victim::start(&server);
     let mut s = server.connect();
     send_lines(&mut s, &["1 command-name have-data echo"]);
@@ -293,7 +139,7 @@ fn a_data_stream_that_never_ends_is_cut_at_the_discard_limit() {
 fn an_argument_streaming_past_its_declared_length_is_cut_at_the_discard_limit() {
     let server = ServeProcess::start();
     let before = server.rss_kib();
-    let sampler = RssSampler::start(&server);
+    let sampler = Sampler::rss(&server);
     let victim = Victim::start(&server);
     let mut s = server.connect();
     // Argument `k` declares a 10-byte value, sends 1 byte of it, then keeps
@@ -330,7 +176,7 @@ fn an_argument_streaming_past_its_declared_length_is_cut_at_the_discard_limit() 
 fn a_flood_of_malformed_requests_is_cut_at_the_error_limit() {
     let server = ServeProcess::start();
     let before = server.rss_kib();
-    let sampler = RssSampler::start(&server);
+    let sampler = Sampler::rss(&server);
     let victim = Victim::start(&server);
     let mut s = server.connect();
     // Command-name frames with no flags, each a request-level error, on
@@ -529,7 +375,7 @@ fn a_flooding_client_does_not_starve_another() {
 fn a_start_and_cancel_flood_answers_every_request_once() {
     let server = ServeProcess::start();
     let before = server.rss_kib();
-    let sampler = RssSampler::start(&server);
+    let sampler = Sampler::rss(&server);
     let victim = Victim::start(&server);
     let s = server.connect();
     let mut r = s.try_clone().unwrap();

@@ -5,6 +5,8 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
+pub mod hostile;
+
 /// The built `wiremux` binary.
 pub const BIN: &str = env!("CARGO_BIN_EXE_wiremux");
 
@@ -14,11 +16,22 @@ pub struct Serve {
     /// What it announced: the TCP address, the socket path or the HTTP
     /// API's URL, from its first "listening on" or "HTTP API on" line.
     pub listening: String,
+    /// Every `wiremux: ...` line read before it started serving, without
+    /// the `wiremux: ` prefix ("listening on ...", "HTTP API on ...",
+    /// "metrics on ...").
+    pub announced: Vec<String>,
 }
 
 impl Serve {
     /// Starts `wiremux serve ARGS` and waits until it listens.
     pub fn start(args: &[&str]) -> Serve {
+        Serve::start_announcing(args, 1)
+    }
+
+    /// Starts `wiremux serve ARGS` and waits until it has announced
+    /// `listeners` listeners ("listening on" or "HTTP API on" lines);
+    /// `listening` is the first of them.
+    pub fn start_announcing(args: &[&str], listeners: usize) -> Serve {
         let mut child = Command::new(BIN)
             .arg("serve")
             .args(args)
@@ -29,23 +42,32 @@ impl Serve {
             .expect("start wiremux serve");
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
-        let listening = loop {
+        let mut announced = Vec::new();
+        let mut listening = Vec::new();
+        while listening.len() < listeners {
             line.clear();
             assert!(
                 stderr.read_line(&mut line).unwrap() > 0,
                 "serve exited before listening"
             );
-            let line = line.trim();
-            if let Some(rest) = line
-                .strip_prefix("wiremux: listening on ")
-                .or_else(|| line.strip_prefix("wiremux: HTTP API on "))
+            let Some(text) = line.trim().strip_prefix("wiremux: ") else {
+                continue;
+            };
+            announced.push(text.to_string());
+            if let Some(rest) = text
+                .strip_prefix("listening on ")
+                .or_else(|| text.strip_prefix("HTTP API on "))
             {
-                break rest.to_string();
+                listening.push(rest.to_string());
             }
-        };
+        }
         // Keep draining stderr so the child never blocks on a full pipe.
         std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Serve { child, listening }
+        Serve {
+            child,
+            listening: listening.swap_remove(0),
+            announced,
+        }
     }
 
     /// Resident memory of the server process, in KiB.
