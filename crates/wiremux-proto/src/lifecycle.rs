@@ -652,10 +652,22 @@ impl Lifecycle {
         self.send.open_stream(token.id);
     }
 
+    /// A stream's chunk or end for `token`, whose stream a transport may
+    /// not have opened with [`Lifecycle::on_stream`]: it is opened here,
+    /// so that the request still ends (and its ID is freed).
+    fn live_stream(&mut self, token: Token) -> Option<&mut Entry> {
+        let entry = self.live(token)?;
+        if matches!(entry.phase, Phase::Running) {
+            entry.phase = Phase::Answering;
+            self.send.open_stream(token.id);
+        }
+        self.entries.get_mut(token.id)
+    }
+
     /// The next chunk of `token`'s stream.
     pub fn on_chunk(&mut self, token: Token, chunk: Bytes) {
         let budget = self.config.max_kept_bytes.saturating_sub(self.kept_bytes);
-        let Some(entry) = self.live(token) else {
+        let Some(entry) = self.live_stream(token) else {
             return;
         };
         if let Some(keep) = entry.kept() {
@@ -673,7 +685,7 @@ impl Lifecycle {
 
     /// `token`'s stream has ended, or failed with a message.
     pub fn on_stream_end(&mut self, token: Token, result: Result<(), &str>) {
-        let Some(entry) = self.live(token) else {
+        let Some(entry) = self.live_stream(token) else {
             return;
         };
         entry.phase = Phase::Ending;
@@ -969,6 +981,41 @@ enum DepState {
 mod tests {
     use super::*;
     use crate::human::{format_frame, parse_frame};
+
+    #[test]
+    fn a_stream_never_opened_still_ends_and_frees_its_id() {
+        let now = Instant::now();
+        let mut lc = Lifecycle::new(LifecycleConfig::default());
+        for id in [1, 3] {
+            lc.on_frame(
+                parse_frame(&format!("{id} command-name eos blob")).unwrap(),
+                now,
+            );
+        }
+        let mut tokens = Vec::new();
+        while let Some(Event::Run(token, _)) = lc.poll_event() {
+            tokens.push(token);
+        }
+        // Neither is opened with on_stream: one sends a chunk, the other
+        // only its end.
+        lc.on_chunk(tokens[0], Bytes::from_static(b"part"));
+        lc.on_stream_end(tokens[0], Ok(()));
+        lc.on_stream_end(tokens[1], Err("gone"));
+        let wire = lc.poll_transmit(usize::MAX).split().freeze();
+        let lines: Vec<String> = crate::decode_all(&wire)
+            .unwrap()
+            .iter()
+            .map(format_frame)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "1 bytes-response eos part",
+                "3 error-response application gone"
+            ]
+        );
+        assert!(lc.is_done(), "both IDs are free");
+    }
 
     #[test]
     fn a_large_body_still_being_framed_can_be_cancelled() {
