@@ -719,8 +719,14 @@ impl Lifecycle {
     /// bytes wait to be written, and gives the bytes to write. The
     /// transport writes from the front and `advance`s past what it wrote.
     pub fn poll_transmit(&mut self, high_water: usize) -> &mut BytesMut {
-        if self.send.frame(high_water) {
+        // A request ending here may release others whose answers the
+        // lifecycle gives itself (`@capabilities`, a failed dependency):
+        // those are framed in the same call.
+        while self.send.frame(high_water) {
             self.process_ended();
+            if self.send.output().len() >= high_water {
+                break;
+            }
         }
         self.send.output()
     }
@@ -1015,6 +1021,48 @@ mod tests {
             ]
         );
         assert!(lc.is_done(), "both IDs are free");
+    }
+
+    #[test]
+    fn one_transmit_frames_what_the_end_of_a_request_releases() {
+        let now = Instant::now();
+        let mut config = LifecycleConfig::default();
+        config.in_order = true;
+        config.limits.max_send_payload = 8;
+        let mut lc = Lifecycle::new(config);
+        lc.on_frame(parse_frame("1 command-name eos blob").unwrap(), now);
+        lc.on_frame(
+            parse_frame("3 command-name have-args @capabilities").unwrap(),
+            now,
+        );
+        lc.on_frame(
+            parse_frame(r"3 command-argument eoa \x06\x00\x01\x00@after1").unwrap(),
+            now,
+        );
+        let Some(Event::Run(token, _)) = lc.poll_event() else {
+            panic!("expected a run")
+        };
+        lc.on_body(token, Bytes::from_static(b"twelve bytes"));
+        // One call frames 1's answer, whose end releases 3, and 3's answer.
+        let wire = lc.poll_transmit(usize::MAX).split().freeze();
+        let lines: Vec<String> = crate::decode_all(&wire)
+            .unwrap()
+            .iter()
+            .map(format_frame)
+            .collect();
+        let caps = schedule::CAPABILITIES;
+        assert_eq!(
+            lines,
+            [
+                "1 bytes-response continuation twelve b".to_string(),
+                "1 bytes-response eos ytes".to_string(),
+                format!("3 bytes-response continuation {}", &caps[..8]),
+                format!("3 bytes-response continuation {}", &caps[8..16]),
+                format!("3 bytes-response continuation {}", &caps[16..24]),
+                format!("3 bytes-response eos {}", &caps[24..]),
+            ]
+        );
+        assert!(lc.is_done());
     }
 
     #[test]
