@@ -8,9 +8,14 @@
 //! connection meanwhile (printed, never asserted: run with `--nocapture`).
 
 use bytes::BytesMut;
-use common::hostile::{encode, exchange, Answer, Answers, Sampler, ServeProcess, Victim};
-use std::io::Write;
-use std::time::Duration;
+use common::hostile::{
+    encode, exchange, http_connect, http_post, read_http_response, Answer, Answers, Sampler,
+    ServeProcess, Victim,
+};
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use wiremux_proto::builder::CommandBuilder;
 
 mod common;
@@ -505,6 +510,327 @@ fn a_deadline_storm_answers_every_request_once() {
     );
     assert!(
         peak < before + 48 * 1024,
+        "server grew by {} KiB",
+        peak - before
+    );
+    server.assert_serving();
+}
+
+// ---- over HTTP (`wiremux serve --http`) ----
+
+const HTTP_HEAD: &str = "POST /api/exp-http-v2-0001/rw/echo HTTP/1.1\r\nHost: t\r\n\
+    Accept: application/mercurial-exp-framing-0002\r\n\
+    Content-Type: application/mercurial-exp-framing-0002\r\n";
+
+#[test]
+#[ignore = "30 s: the default header timeout; run with --ignored"]
+fn http_headers_one_byte_a_second_are_cut_by_the_header_timeout() {
+    let server = ServeProcess::start_http();
+    let mut s = http_connect(server.http.unwrap());
+    let started = Instant::now();
+    let mut sent = 0;
+    let mut answer = Vec::new();
+    for byte in HTTP_HEAD.bytes() {
+        if s.write_all(&[byte]).is_err() {
+            break;
+        }
+        sent += 1;
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut probe = [0u8; 512];
+        match s.read(&mut probe) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&probe[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "never cut off");
+    }
+    // Closed without an answer, before the headers were complete.
+    assert!(sent < HTTP_HEAD.len(), "all {sent} header bytes were taken");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    println!(
+        "HTTP headers one byte a second: closed after {sent} bytes, {:?}",
+        started.elapsed()
+    );
+    server.assert_serving();
+}
+
+#[test]
+fn an_endless_chunked_http_body_is_cut_at_the_body_limit() {
+    let server = ServeProcess::start_http();
+    let before = server.rss_kib();
+    let rss = Sampler::rss(&server);
+    let victim = Victim::start_http(&server);
+    let mut s = http_connect(server.http.unwrap());
+    s.write_all(format!("{HTTP_HEAD}Transfer-Encoding: chunked\r\n\r\n").as_bytes())
+        .unwrap();
+    let answered = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let mut r = s.try_clone().unwrap();
+        let (answered, sent) = (answered.clone(), sent.clone());
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let response = read_http_response(&mut r, &mut buf);
+            let at = sent.load(Ordering::SeqCst);
+            answered.store(true, Ordering::SeqCst);
+            // Then the server closes.
+            let mut rest = Vec::new();
+            let _ = r.read_to_end(&mut rest);
+            (response, at)
+        })
+    };
+    // 64 KiB chunks without end (at most 256 MiB are offered).
+    let mut chunk = b"10000\r\n".to_vec();
+    chunk.extend_from_slice(&[7u8; 0x10000]);
+    chunk.extend_from_slice(b"\r\n");
+    while !answered.load(Ordering::SeqCst) && sent.load(Ordering::SeqCst) < 256 << 20 {
+        if s.write_all(&chunk).is_err() {
+            break;
+        }
+        sent.fetch_add(0x10000, Ordering::SeqCst);
+    }
+    let (response, at) = reader.join().unwrap();
+    let victim = victim.stop();
+    let peak = rss.peak().max(before);
+    let response = response.expect("an answer before the close");
+    assert_eq!(response.status, 413);
+    assert_eq!(
+        response.text(),
+        "the request body is larger than the limit of 33554432 bytes\n"
+    );
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(at < 64 << 20, "{at} bytes went in before the answer");
+    report(
+        "endless chunked HTTP body",
+        before,
+        peak,
+        victim,
+        &format!("413 when {} MiB had been sent, then closed", at >> 20),
+    );
+    assert!(
+        peak < before + 112 * 1024,
+        "server grew by {} KiB",
+        peak - before
+    );
+    server.assert_serving();
+}
+
+#[test]
+fn an_http_multirequest_of_32768_commands_is_answered_whole() {
+    let server = ServeProcess::start_http();
+    let before = server.rss_kib();
+    let rss = Sampler::rss(&server);
+    let in_flight = Sampler::in_flight(&server);
+    let victim = Victim::start_http(&server);
+    // Every odd ID: `sleep ms=300` and `echo`, alternately.
+    let mut body = BytesMut::new();
+    for id in (1..=u16::MAX).step_by(2) {
+        if id % 4 == 1 {
+            encode(CommandBuilder::new("sleep").arg("ms", "300"), id, &mut body);
+        } else {
+            encode(echo(id.to_string()), id, &mut body);
+        }
+    }
+    let mut s = http_connect(server.http.unwrap());
+    s.write_all(&http_post("rw/multirequest", &body, true))
+        .unwrap();
+    let response = read_http_response(&mut s, &mut Vec::new()).expect("an answer");
+    let victim = victim.stop();
+    let peak_in_flight = in_flight.peak();
+    let peak = rss.peak().max(before);
+    assert_eq!(response.status, 200, "{}", response.text());
+    let mut answers = Answers::default();
+    for frame in wiremux_proto::decode_all(&response.body).unwrap() {
+        answers.take(frame);
+    }
+    assert_eq!(answers.done.len(), 32768);
+    for id in (1..=u16::MAX).step_by(2) {
+        let expected = if id % 4 == 1 {
+            "300".to_string()
+        } else {
+            id.to_string()
+        };
+        assert_eq!(answers.get(id).text(), expected);
+    }
+    server.wait_in_flight(0);
+    // Far under the server-wide limit of handlers (262144).
+    assert!(peak_in_flight <= 32768 + 1, "{peak_in_flight} in flight");
+    report(
+        "HTTP multirequest of 32 768 commands",
+        before,
+        peak,
+        victim,
+        &format!(
+            "body {} KiB, 32 768 answered once each, peak in flight {peak_in_flight}",
+            body.len() >> 10
+        ),
+    );
+    assert!(
+        peak < before + 160 * 1024,
+        "server grew by {} KiB",
+        peak - before
+    );
+    server.assert_serving();
+}
+
+#[test]
+fn a_thousand_concurrent_http_posts_are_answered_or_refused_clearly() {
+    const POSTS: usize = 1000;
+    const SIZE: usize = 512 << 10;
+    let server = ServeProcess::start_http();
+    let before = server.rss_kib();
+    let rss = Sampler::rss(&server);
+    let victim = Victim::start_http(&server);
+    let addr = server.http.unwrap();
+    let data: Arc<Vec<u8>> = Arc::new((0..SIZE).map(|i| (i % 251) as u8).collect());
+    let mut wire = BytesMut::new();
+    encode(echo(data.to_vec()), 1, &mut wire);
+    let request = Arc::new(http_post("rw/echo", &wire, true));
+    let start = Arc::new(std::sync::Barrier::new(POSTS));
+    let posts: Vec<_> = (0..POSTS)
+        .map(|_| {
+            let (request, start, data) = (request.clone(), start.clone(), data.clone());
+            std::thread::Builder::new()
+                .stack_size(256 << 10)
+                .spawn(move || {
+                    let mut s = http_connect(addr);
+                    start.wait();
+                    // The server may answer 503 and stop reading early.
+                    let _ = s.write_all(&request);
+                    let response = read_http_response(&mut s, &mut Vec::new())
+                        .expect("every POST is answered");
+                    match response.status {
+                        200 => {
+                            let mut got = Vec::new();
+                            for frame in wiremux_proto::decode_all(&response.body).unwrap() {
+                                got.extend_from_slice(&frame.payload);
+                            }
+                            assert!(got == *data, "an echo came back wrong");
+                            true
+                        }
+                        503 => {
+                            assert_eq!(
+                                response.text(),
+                                "the server is busy: request bodies held at once would pass its limit of 268435456 bytes; retry later\n"
+                            );
+                            assert_eq!(response.header("retry-after"), Some("1"));
+                            false
+                        }
+                        other => panic!("status {other}: {}", response.text()),
+                    }
+                })
+                .unwrap()
+        })
+        .collect();
+    let ok = posts
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(|ok| *ok)
+        .count();
+    let victim = victim.stop();
+    let peak = rss.peak().max(before);
+    server.wait_in_flight(0);
+    report(
+        "1 000 concurrent HTTP POSTs of 512 KiB",
+        before,
+        peak,
+        victim,
+        &format!(
+            "{ok} answered 200 (echo checked), {} refused 503",
+            POSTS - ok
+        ),
+    );
+    // The budget of bodies held (256 MiB), about as much again for the
+    // commands running them, and 1 000 connections.
+    assert!(
+        peak < before + 768 * 1024,
+        "server grew by {} KiB",
+        peak - before
+    );
+    server.assert_serving();
+}
+
+#[test]
+fn http_bodies_held_open_are_capped_by_the_buffered_budget() {
+    // 32 POSTs declare 16 MiB bodies, send 15 MiB and stall: the server
+    // holds at most 256 MiB of bodies at once (HttpOptions::max_buffered_bodies),
+    // so exactly 16 are taken and 16 are refused at once.
+    const POSTS: usize = 32;
+    const DECLARED: usize = 16 << 20;
+    let server = ServeProcess::start_http();
+    let before = server.rss_kib();
+    let rss = Sampler::rss(&server);
+    // While the budget is full, small POSTs are refused too (503): the
+    // victim uses the frame protocol on TCP, which the budget does not touch.
+    let victim = Victim::start(&server);
+    let addr = server.http.unwrap();
+    let part = Arc::new(vec![7u8; 15 << 20]);
+    let posts: Vec<_> = (0..POSTS)
+        .map(|_| {
+            let part = part.clone();
+            std::thread::spawn(move || {
+                let mut s = http_connect(addr);
+                let head = format!("{HTTP_HEAD}Content-Length: {DECLARED}\r\n\r\n");
+                s.write_all(head.as_bytes()).unwrap();
+                let mut r = s.try_clone().unwrap();
+                let reader = std::thread::spawn(move || {
+                    // A held body gets no answer while it is open: the
+                    // read times out.
+                    r.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    read_http_response(&mut r, &mut Vec::new())
+                });
+                let wrote = s.write_all(&part).is_ok();
+                (s, wrote, reader)
+            })
+        })
+        .collect();
+    let posts: Vec<_> = posts.into_iter().map(|t| t.join().unwrap()).collect();
+    // Every body taken is in (the writes finished); sample the memory.
+    let held_rss = server.rss_kib();
+    let mut small = BytesMut::new();
+    encode(echo("small"), 1, &mut small);
+    let mut s = http_connect(addr);
+    s.write_all(&http_post("rw/echo", &small, true)).unwrap();
+    let busy = read_http_response(&mut s, &mut Vec::new()).expect("an answer");
+    assert_eq!(busy.status, 503);
+    let mut refused = 0;
+    let mut held = Vec::new();
+    for (s, wrote, reader) in posts {
+        // Ends the held ones' wait: the server sees them close.
+        let _ = s.shutdown(std::net::Shutdown::Both);
+        match reader.join().unwrap() {
+            Some(response) => {
+                assert_eq!(response.status, 503, "{}", response.text());
+                assert_eq!(
+                    response.text(),
+                    "the server is busy: request bodies held at once would pass its limit of 268435456 bytes; retry later\n"
+                );
+                refused += 1;
+            }
+            None => held.push(wrote),
+        }
+    }
+    let victim = victim.stop();
+    let peak = rss.peak().max(before);
+    assert_eq!(refused, POSTS / 2);
+    assert!(held.iter().all(|w| *w), "a held body's write failed");
+    server.wait_in_flight(0);
+    report(
+        "HTTP bodies held open",
+        before,
+        peak,
+        victim,
+        &format!(
+            "{} bodies of 15 MiB held, {refused} refused 503 at once; RSS with the bodies held {:.1} MiB",
+            held.len(),
+            held_rss as f64 / 1024.0
+        ),
+    );
+    // 16 x 16 MiB of room, and slack.
+    assert!(
+        peak < before + 320 * 1024,
         "server grew by {} KiB",
         peak - before
     );

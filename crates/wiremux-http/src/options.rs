@@ -11,6 +11,7 @@ use std::time::Duration;
 ///
 /// let options = HttpOptions { debugreflect: true, ..HttpOptions::default() };
 /// assert_eq!(options.max_body, 32 << 20);
+/// assert_eq!(options.max_buffered_bodies, 256 << 20);
 /// let same = HttpOptions::default().debugreflect(true);
 /// assert_eq!(options, same);
 /// ```
@@ -26,8 +27,18 @@ pub struct HttpOptions {
     /// are in. Slower: 408. Default 30 s.
     pub body_timeout: Duration,
     /// Longest time the request headers may take to arrive (hyper's header
-    /// read timeout). Default 30 s.
+    /// read timeout; it runs from the moment the connection waits for a
+    /// request, so an idle kept-alive connection is closed after it too).
+    /// The connection is closed without an answer. Default 30 s.
     pub header_timeout: Duration,
+    /// Most bytes of request bodies held at once, across every connection
+    /// of one [`HttpService`](crate::HttpService): a body counts from its
+    /// first byte (or, with `Content-Length`, its whole length at once)
+    /// until its response has been sent. A request whose body would pass
+    /// it is answered 503 with `Retry-After: 1`. Default 256 MiB (eight
+    /// bodies of the largest size); running a body's commands holds about
+    /// as much again (their arguments and data).
+    pub max_buffered_bodies: usize,
 }
 
 impl Default for HttpOptions {
@@ -37,6 +48,7 @@ impl Default for HttpOptions {
             max_body: 32 << 20,
             body_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(30),
+            max_buffered_bodies: 256 << 20,
         }
     }
 }
@@ -63,6 +75,12 @@ impl HttpOptions {
     /// Sets how long the request headers may take to arrive.
     pub fn header_timeout(mut self, timeout: Duration) -> HttpOptions {
         self.header_timeout = timeout;
+        self
+    }
+
+    /// Sets the most bytes of request bodies held at once.
+    pub fn max_buffered_bodies(mut self, bytes: usize) -> HttpOptions {
+        self.max_buffered_bodies = bytes;
         self
     }
 }

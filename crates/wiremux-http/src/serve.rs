@@ -123,3 +123,173 @@ pub(crate) async fn connection<IO>(
         tracing::debug!(%err, "http connection ended with an error");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The HTTP transport's own time and memory limits, in memory and on
+    //! paused time: the exact moment of each cut is asserted.
+
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio::time::Instant;
+
+    const HEAD: &str = "POST /api/exp-http-v2-0001/rw/echo HTTP/1.1\r\nHost: t\r\n\
+        Accept: application/mercurial-exp-framing-0002\r\n\
+        Content-Type: application/mercurial-exp-framing-0002\r\n";
+
+    /// `echo` of `data`, as frames.
+    fn echo_body(data: &str) -> Vec<u8> {
+        let mut wire = bytes::BytesMut::new();
+        wiremux_proto::builder::CommandBuilder::new("echo")
+            .data(data.to_string())
+            .encode(1, 32768, &mut wire)
+            .unwrap();
+        wire.to_vec()
+    }
+
+    fn service(options: HttpOptions) -> HttpService {
+        let server = Server::builder()
+            .registry(wiremux_engine::demo::registry())
+            .build();
+        HttpService::new(server, options)
+    }
+
+    /// Serves one in-memory connection of `service`; the client's end.
+    fn connect(service: &HttpService) -> DuplexStream {
+        let (client, io) = tokio::io::duplex(1 << 20);
+        let header_timeout = service.options().header_timeout;
+        tokio::spawn(connection(
+            io,
+            service.clone(),
+            header_timeout,
+            service.server().clone(),
+        ));
+        client
+    }
+
+    /// Everything the server writes until it closes.
+    async fn read_all(client: &mut DuplexStream) -> String {
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn headers_sent_one_byte_a_second_are_cut_at_the_header_timeout() {
+        let service = service(HttpOptions::default());
+        let started = Instant::now();
+        let (mut read, mut write) = tokio::io::split(connect(&service));
+        // One byte at 0.5 s, 1.5 s, ...: 30 bytes before the 30 s timeout.
+        let writer = tokio::spawn(async move {
+            let mut sent = 0;
+            for byte in HEAD.bytes() {
+                tokio::time::sleep(Duration::from_millis(if sent == 0 { 500 } else { 1000 })).await;
+                if write.write_all(&[byte]).await.is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            sent
+        });
+        let mut out = Vec::new();
+        read.read_to_end(&mut out).await.unwrap();
+        // Closed without an answer, at the timeout exactly.
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+        assert_eq!(writer.await.unwrap(), 30);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_closed_at_the_header_timeout() {
+        let service = service(HttpOptions::default());
+        let started = Instant::now();
+        let mut client = connect(&service);
+        assert_eq!(read_all(&mut client).await, "");
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_chunked_body_one_byte_a_second_is_408_at_the_body_timeout() {
+        let service = service(HttpOptions::default());
+        let started = Instant::now();
+        let (mut read, mut write) = tokio::io::split(connect(&service));
+        let writer = tokio::spawn(async move {
+            let head = format!("{HEAD}Transfer-Encoding: chunked\r\n\r\n");
+            write.write_all(head.as_bytes()).await.unwrap();
+            // A chunk of one byte every second, for ever.
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if write.write_all(b"1\r\nx\r\n").await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut out = Vec::new();
+        read.read_to_end(&mut out).await.unwrap();
+        // 30 s for the body, then up to 2 s reading and dropping the rest
+        // of it (it does not end), then the answer and the close.
+        assert_eq!(started.elapsed(), Duration::from_secs(32));
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{out}");
+        assert!(out.contains("\r\nconnection: close\r\n"), "{out}");
+        assert!(
+            out.ends_with("\r\n\r\nthe request body did not arrive within 30000 ms\n"),
+            "{out}"
+        );
+        writer.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bodies_past_the_buffered_budget_are_503_until_room_is_given_back() {
+        let body = echo_body(&"x".repeat(64));
+        assert_eq!(body.len(), 80);
+        let service = service(HttpOptions::default().max_buffered_bodies(100));
+        let request = |len: usize| {
+            format!("{HEAD}Content-Length: {len}\r\nConnection: close\r\n\r\n").into_bytes()
+        };
+        // A declares 80 bytes and sends 10 of them: 80 of the 100 are held.
+        let mut a = connect(&service);
+        a.write_all(&request(80)).await.unwrap();
+        a.write_all(&body[..10]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // B's 30 bytes would pass 100: refused before it is read.
+        let mut b = connect(&service);
+        b.write_all(&request(30)).await.unwrap();
+        b.write_all(&[0u8; 30]).await.unwrap();
+        let answer = read_all(&mut b).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains("\r\nretry-after: 1\r\n"), "{answer}");
+        assert!(
+            answer.ends_with(
+                "\r\n\r\nthe server is busy: request bodies held at once would pass its limit of 100 bytes; retry later\n"
+            ),
+            "{answer}"
+        );
+        // A chunked body is held as it arrives: the same refusal once it
+        // passes the 20 bytes left.
+        let mut c = connect(&service);
+        let head = format!("{HEAD}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+        c.write_all(head.as_bytes()).await.unwrap();
+        c.write_all(b"15\r\n").await.unwrap();
+        c.write_all(&[0u8; 21]).await.unwrap();
+        c.write_all(b"\r\n0\r\n\r\n").await.unwrap();
+        let answer = read_all(&mut c).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{answer}"
+        );
+        // A finishes and is answered; its share comes back with the answer.
+        a.write_all(&body[10..]).await.unwrap();
+        let answer = read_all(&mut a).await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        let mut b = connect(&service);
+        b.write_all(&request(80)).await.unwrap();
+        b.write_all(&body).await.unwrap();
+        let answer = read_all(&mut b).await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert_eq!(service.room_for_bodies(), 100);
+    }
+}

@@ -10,7 +10,9 @@
 //! 5. `Accept` without the media type: 406; `Content-Type` other than the
 //!    media type: 415.
 //! 6. a single command needing more than the URL grants: 403.
-//! 7. the body: over the limit 413, too slow 408, malformed 400.
+//! 7. the body: over the limit 413, too slow 408, past the server-wide
+//!    budget of bodies held at once 503 (with `Retry-After: 1`),
+//!    malformed 400.
 //! 8. `multirequest`: any command needing more than the URL grants: 403,
 //!    and nothing runs. A single-command URL whose body holds another
 //!    command, or more than one: 400.
@@ -25,11 +27,14 @@ use futures::{FutureExt, StreamExt};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Body;
-use hyper::header::{HeaderValue, ACCEPT, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{
+    HeaderValue, ACCEPT, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wiremux_engine::{Permission, Refusal, Server};
 use wiremux_proto::MEDIA_TYPE;
 
@@ -60,6 +65,39 @@ const DRAIN_MAX: usize = 1 << 20;
 pub struct HttpService {
     server: Server,
     options: Arc<HttpOptions>,
+    /// Bytes of request bodies that may still be held
+    /// ([`HttpOptions::max_buffered_bodies`]).
+    bodies: Arc<Semaphore>,
+}
+
+/// The share of [`HttpService::bodies`] one request's body holds, given
+/// back when dropped (with the response body, once sent).
+struct BodyPermit {
+    bodies: Arc<Semaphore>,
+    held: Option<OwnedSemaphorePermit>,
+    bytes: usize,
+}
+
+impl BodyPermit {
+    /// Holds `total` bytes in all; `false` (holding what it held) if the
+    /// budget has no room for the rest.
+    fn hold(&mut self, total: usize) -> bool {
+        if total <= self.bytes {
+            return true;
+        }
+        let Ok(more) = u32::try_from(total - self.bytes) else {
+            return false;
+        };
+        let Ok(permit) = self.bodies.clone().try_acquire_many_owned(more) else {
+            return false;
+        };
+        match &mut self.held {
+            Some(held) => held.merge(permit),
+            None => self.held = Some(permit),
+        }
+        self.bytes = total;
+        true
+    }
 }
 
 /// A refusal before any command runs: a status and a text body.
@@ -67,6 +105,7 @@ struct Refused {
     status: StatusCode,
     message: String,
     allow: Option<&'static str>,
+    retry_after: bool,
 }
 
 impl Refused {
@@ -75,6 +114,7 @@ impl Refused {
             status,
             message: message.into(),
             allow: None,
+            retry_after: false,
         }
     }
 }
@@ -84,10 +124,30 @@ type Answer = Result<Response<HttpBody>, Refused>;
 impl HttpService {
     /// The API of `server`, with `options`.
     pub fn new(server: Server, options: HttpOptions) -> HttpService {
+        let budget = options.max_buffered_bodies.min(Semaphore::MAX_PERMITS);
         HttpService {
             server,
             options: Arc::new(options),
+            bodies: Arc::new(Semaphore::new(budget)),
         }
+    }
+
+    /// The server whose API this is.
+    #[cfg(test)]
+    pub(crate) fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// The settings.
+    #[cfg(test)]
+    pub(crate) fn options(&self) -> &HttpOptions {
+        &self.options
+    }
+
+    /// Bytes of the budget of bodies held not taken now.
+    #[cfg(test)]
+    pub(crate) fn room_for_bodies(&self) -> usize {
+        self.bodies.available_permits()
     }
 
     /// Answers one request.
@@ -109,6 +169,11 @@ impl HttpService {
                     response
                         .headers_mut()
                         .insert(ALLOW, HeaderValue::from_static(allow));
+                }
+                if refused.retry_after {
+                    response
+                        .headers_mut()
+                        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
                 }
                 if !drained {
                     response
@@ -180,7 +245,7 @@ impl HttpService {
                 ))
             }
             Target::Debugreflect => {
-                let body = self.read_body(headers, body).await?;
+                let (body, _held) = self.read_body(headers, body).await?;
                 let report = wiremux_proto::reflect::reflect_with(
                     wiremux_proto::server::ServerReactor::with_limits(
                         self.server.config().limits.clone(),
@@ -207,7 +272,8 @@ impl HttpService {
                 return Err(forbidden(url_permission, granted, command));
             }
         }
-        let body = self.read_body(headers, body).await?.freeze();
+        let (body, held) = self.read_body(headers, body).await?;
+        let body = body.freeze();
         let assembled =
             assemble(BytesMut::from(&body[..]), self.server.config()).map_err(|message| {
                 Refused::new(
@@ -226,9 +292,11 @@ impl HttpService {
             "http: running"
         );
         let responses = Responses::start(&self.server, body, granted);
-        let body = StreamBody::new(
-            responses.map(|chunk| Ok::<_, Infallible>(hyper::body::Frame::data(chunk))),
-        );
+        // The body's share of the budget is given back with the response.
+        let body = StreamBody::new(responses.map(move |chunk| {
+            let _held = &held;
+            Ok::<_, Infallible>(hyper::body::Frame::data(chunk))
+        }));
         let mut response = Response::new(BodyExt::boxed_unsync(body));
         response
             .headers_mut()
@@ -236,8 +304,14 @@ impl HttpService {
         Ok(response)
     }
 
-    /// Reads the whole body, within the size limit and the body timeout.
-    async fn read_body<B>(&self, headers: &HeaderMap, body: &mut B) -> Result<BytesMut, Refused>
+    /// Reads the whole body, within the size limit, the body timeout and
+    /// the server-wide budget of bodies held; the body's share of that
+    /// budget comes with it.
+    async fn read_body<B>(
+        &self,
+        headers: &HeaderMap,
+        body: &mut B,
+    ) -> Result<(BytesMut, BodyPermit), Refused>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
@@ -256,6 +330,27 @@ impl HttpService {
         if declared.is_some_and(|len| len > max as u64) {
             return Err(too_large());
         }
+        let budget = self.options.max_buffered_bodies;
+        let busy = || {
+            Refused {
+            retry_after: true,
+            ..Refused::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the server is busy: request bodies held at once would pass its limit of {budget} bytes; retry later"
+                ),
+            )
+        }
+        };
+        let mut held = BodyPermit {
+            bodies: self.bodies.clone(),
+            held: None,
+            bytes: 0,
+        };
+        // A declared length is held whole before any of it is read.
+        if !held.hold(declared.unwrap_or(0) as usize) {
+            return Err(busy());
+        }
         let read = async {
             let mut buf = BytesMut::new();
             while let Some(frame) = body.frame().await {
@@ -269,13 +364,16 @@ impl HttpService {
                     if buf.len() + data.len() > max {
                         return Err(too_large());
                     }
+                    if !held.hold(buf.len() + data.len()) {
+                        return Err(busy());
+                    }
                     buf.extend_from_slice(&data);
                 }
             }
             Ok(buf)
         };
         let timeout = self.options.body_timeout;
-        tokio::time::timeout(timeout, read)
+        let buf = tokio::time::timeout(timeout, read)
             .await
             .unwrap_or_else(|_| {
                 Err(Refused::new(
@@ -285,7 +383,8 @@ impl HttpService {
                         timeout.as_millis()
                     ),
                 ))
-            })
+            })?;
+        Ok((buf, held))
     }
 }
 
