@@ -1026,8 +1026,10 @@ mod tests {
     #[test]
     fn one_transmit_frames_what_the_end_of_a_request_releases() {
         let now = Instant::now();
-        let mut config = LifecycleConfig::default();
-        config.in_order = true;
+        let mut config = LifecycleConfig {
+            in_order: true,
+            ..LifecycleConfig::default()
+        };
         config.limits.max_send_payload = 8;
         let mut lc = Lifecycle::new(config);
         lc.on_frame(parse_frame("1 command-name eos blob").unwrap(), now);
