@@ -15,7 +15,8 @@
 //!   all the writes of one read in one syscall, no checks beyond the frame
 //!   type;
 //! - `wiremux load`: the release binary (`target/release/wiremux`, or
-//!   `$WIREMUX_BIN`) with `--connect ADDR --mix echo --connections 1
+//!   `$WIREMUX_BIN`; several, separated by commas, each run in every
+//!   round after the minimal client, compare builds in one run) with `--connect ADDR --mix echo --connections 1
 //!   --inflight 256 --threads 1 --warmup 0s`, which checks every answer.
 //!
 //! It prints requests/s and CPU time per request of both, and the ratio of
@@ -141,10 +142,10 @@ async fn minimal(addr: SocketAddr, run: Duration) -> (f64, f64) {
     (done as f64 / secs, (thread_cpu() - cpu) * 1e6 / done as f64)
 }
 
-/// `wiremux load` against `addr`: requests/s and CPU µs per request.
-fn wiremux_load(addr: SocketAddr, run: Duration) -> (f64, f64) {
-    let bin = std::env::var("WIREMUX_BIN").unwrap_or_else(|_| "target/release/wiremux".into());
-    let out = std::process::Command::new(&bin)
+/// `wiremux load` (the binary `bin`) against `addr`: requests/s and CPU µs
+/// per request.
+fn wiremux_load(bin: &str, addr: SocketAddr, run: Duration) -> (f64, f64) {
+    let out = std::process::Command::new(bin)
         .args(["load", "--connect", &addr.to_string(), "--mix", "echo"])
         .args(["--connections", "1", "--inflight", "256", "--threads", "1"])
         .args(["--warmup", "0s", "--json", "--duration"])
@@ -198,6 +199,11 @@ fn main() {
     let rounds: usize = args.next().map_or(2, |s| s.parse().expect("ROUNDS"));
     let only: Option<String> = args.next();
     let run = Duration::from_secs_f64(secs);
+    let bins: Vec<String> = std::env::var("WIREMUX_BIN")
+        .unwrap_or_else(|_| "target/release/wiremux".into())
+        .split(',')
+        .map(String::from)
+        .collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -212,38 +218,46 @@ fn main() {
             continue;
         }
         let addr = spawn_server(if raw { "raw-frame" } else { "wiremux" }, raw);
-        let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+        let mut mine = Vec::new();
+        let mut theirs: Vec<Vec<(f64, f64)>> = bins.iter().map(|_| Vec::new()).collect();
         for _ in 0..rounds {
             mine.push(rt.block_on(minimal(addr, run)));
-            theirs.push(wiremux_load(addr, run));
+            for (bin, results) in bins.iter().zip(&mut theirs) {
+                results.push(wiremux_load(bin, addr, run));
+            }
         }
         println!("{name}, 1 connection, 256 in flight, {secs} s rounds:");
-        for (i, (m, w)) in mine.iter().zip(&theirs).enumerate() {
+        let sum = |v: &[(f64, f64)]| v.iter().map(|x| x.0).sum::<f64>();
+        let cpu = |v: &[(f64, f64)]| median(v.iter().map(|x| x.1).collect());
+        for (bin, theirs) in bins.iter().zip(&theirs) {
+            if bins.len() > 1 {
+                println!("  {bin}:");
+            }
+            for (i, (m, w)) in mine.iter().zip(theirs).enumerate() {
+                println!(
+                    "  round {}: minimal {:>9.0} req/s ({:.3} µs CPU/req)   wiremux load {:>9.0} req/s ({:.3} µs CPU/req)   ratio {:.2}",
+                    i + 1,
+                    m.0,
+                    m.1,
+                    w.0,
+                    w.1,
+                    w.0 / m.0
+                );
+            }
+            let ratios: Vec<f64> = mine.iter().zip(theirs).map(|(m, w)| w.0 / m.0).collect();
             println!(
-                "  round {}: minimal {:>9.0} req/s ({:.3} µs CPU/req)   wiremux load {:>9.0} req/s ({:.3} µs CPU/req)   ratio {:.2}",
-                i + 1,
-                m.0,
-                m.1,
-                w.0,
-                w.1,
-                w.0 / m.0
+                "  all rounds: wiremux load / minimal = {:.2}; per round: median {:.2}, range {:.2}-{:.2}",
+                sum(theirs) / sum(&mine),
+                median(ratios.clone()),
+                ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                ratios.iter().copied().fold(0.0, f64::max),
+            );
+            println!(
+                "  median CPU per request: minimal {:.3} µs, wiremux load {:.3} µs",
+                cpu(&mine),
+                cpu(theirs)
             );
         }
-        let sum = |v: &[(f64, f64)]| v.iter().map(|x| x.0).sum::<f64>();
-        let ratios: Vec<f64> = mine.iter().zip(&theirs).map(|(m, w)| w.0 / m.0).collect();
-        let cpu = |v: &[(f64, f64)]| median(v.iter().map(|x| x.1).collect());
-        println!(
-            "  all rounds: wiremux load / minimal = {:.2}; per round: median {:.2}, range {:.2}-{:.2}",
-            sum(&theirs) / sum(&mine),
-            median(ratios.clone()),
-            ratios.iter().copied().fold(f64::INFINITY, f64::min),
-            ratios.iter().copied().fold(0.0, f64::max),
-        );
-        println!(
-            "  median CPU per request: minimal {:.3} µs, wiremux load {:.3} µs",
-            cpu(&mine),
-            cpu(&theirs)
-        );
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average after: {}", load.trim());
