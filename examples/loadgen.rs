@@ -19,6 +19,10 @@
 //!   round after the minimal client, compare builds in one run) with `--connect ADDR --mix echo --connections 1
 //!   --inflight 256 --threads 1 --warmup 0s`, which checks every answer.
 //!
+//! With `LOADGEN_MINIMAL=process` the minimal client runs in a process of
+//! its own, as `wiremux load` does, instead of beside the servers' threads
+//! in this one.
+//!
 //! It prints requests/s and CPU time per request of both, and the ratio of
 //! `wiremux load` to `minimal` per server: over all rounds, and the median
 //! and range of the rounds' ratios. A third argument, `raw` or `wiremux`,
@@ -193,8 +197,40 @@ fn thread_cpu() -> f64 {
         .map_or(f64::NAN, |ns| ns / 1e9)
 }
 
+/// The minimal client in a process of its own (`LOADGEN_MINIMAL=process`),
+/// apart from the server's, as `wiremux load` is.
+fn minimal_process(addr: SocketAddr, run: Duration) -> (f64, f64) {
+    let exe = std::env::current_exe().expect("this program");
+    let out = std::process::Command::new(exe)
+        .args(["--minimal", &addr.to_string(), &run.as_millis().to_string()])
+        .output()
+        .expect("the minimal client's process");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut numbers = text
+        .split_whitespace()
+        .map(|n| n.parse().unwrap_or(f64::NAN));
+    (
+        numbers.next().unwrap_or(f64::NAN),
+        numbers.next().unwrap_or(f64::NAN),
+    )
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
+    let apart = std::env::var("LOADGEN_MINIMAL").is_ok_and(|v| v == "process");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let first = args.next();
+    if first.as_deref() == Some("--minimal") {
+        let addr: SocketAddr = args.next().expect("ADDR").parse().expect("ADDR");
+        let ms: u64 = args.next().expect("MILLIS").parse().expect("MILLIS");
+        let (rps, cpu) = rt.block_on(minimal(addr, Duration::from_millis(ms)));
+        println!("{rps} {cpu}");
+        return;
+    }
+    let mut args = first.into_iter().chain(args);
     let secs: f64 = args.next().map_or(3.0, |s| s.parse().expect("SECONDS"));
     let rounds: usize = args.next().map_or(2, |s| s.parse().expect("ROUNDS"));
     let only: Option<String> = args.next();
@@ -204,12 +240,11 @@ fn main() {
         .split(',')
         .map(String::from)
         .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average before: {}", load.trim());
+    if apart {
+        println!("(the minimal client runs in a process of its own)");
+    }
     for (name, raw) in [("raw-frame echo server", true), ("wiremux server", false)] {
         if only
             .as_deref()
@@ -221,7 +256,11 @@ fn main() {
         let mut mine = Vec::new();
         let mut theirs: Vec<Vec<(f64, f64)>> = bins.iter().map(|_| Vec::new()).collect();
         for _ in 0..rounds {
-            mine.push(rt.block_on(minimal(addr, run)));
+            mine.push(if apart {
+                minimal_process(addr, run)
+            } else {
+                rt.block_on(minimal(addr, run))
+            });
             for (bin, results) in bins.iter().zip(&mut theirs) {
                 results.push(wiremux_load(bin, addr, run));
             }
