@@ -157,13 +157,12 @@ async fn a_restarted_server_loses_only_the_calls_in_flight_each_once() {
     let total = 16 * 150;
     assert!(outcomes.other.is_empty(), "{:?}", outcomes.other);
     assert_eq!(outcomes.ok.len() + outcomes.lost.len(), total);
-    // Lost: the calls in flight at the stop, and any sent on the old
-    // connection (or on one the stopping listener queued but never
-    // accepted) before the client saw it close.
-    assert!(
-        !outcomes.lost.is_empty(),
-        "some calls were in flight at the stop"
-    );
+    // Lost: calls sent on the old connection after the stopping server
+    // stopped reading (or on one the stopping listener queued but never
+    // accepted), before the client saw it close. Calls the server had
+    // read are drained and answered, so whether any is lost depends on
+    // timing: none is a correct run too (it failed 1 run in 8 under load
+    // when this asserted some).
     assert!(
         outcomes.lost.len() < total / 10,
         "{} lost",
