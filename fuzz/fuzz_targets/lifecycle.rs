@@ -9,8 +9,8 @@
 //! And the rules of section 8, for the commands it builds (not raw frames):
 //! a command runs only once every request its `@after` and `@use` name has
 //! its terminal frame out, and none of them failed; a `@use:NAME` argument
-//! is the whole body of the request it names; a malformed `@after` or
-//! `@deadline` never runs; and a `@cancel` answers only once its target has
+//! is the whole body of the request it names; a malformed reserved
+//! argument or an unknown one never runs; and a `@cancel` answers only once its target has
 //! its terminal frame out (an error-response, if it answered `cancelled`).
 #![no_main]
 
@@ -57,7 +57,8 @@ struct Meta {
     uses: Vec<(&'static str, u16)>,
     /// Plain argument names (a plain `a` beside `@use:a` muddles the check).
     plain: Vec<&'static str>,
-    /// A malformed `@after` or `@deadline`: must never run.
+    /// A malformed `@after`, `@deadline` or `@keep`, or an unknown reserved
+    /// argument: must never run.
     malformed: bool,
     /// For `@cancel`: the target, with its begun count then.
     cancel: Option<(u16, u32)>,
@@ -411,13 +412,20 @@ fn command(input: &mut Input) -> (u16, CommandBuilder, Meta) {
                 meta.plain.push("a");
                 cmd.arg("a", small(input).to_string())
             }
+            // Refused, never run: malformed values, an unknown reserved name.
             6 => {
                 meta.malformed = true;
-                cmd.arg("@after", "1,,x")
+                match kind & 0x80 {
+                    0 => cmd.arg("@after", "1,,x"),
+                    _ => cmd.arg("@frob", ""),
+                }
             }
             7 => {
                 meta.malformed = true;
-                cmd.arg("@deadline", "soon")
+                match kind & 0x80 {
+                    0 => cmd.arg("@deadline", "soon"),
+                    _ => cmd.arg("@keep", "please"),
+                }
             }
             _ => cmd.data(Bytes::copy_from_slice(input.bytes(8))),
         };
