@@ -740,8 +740,8 @@ impl Lifecycle {
     /// outcome remembered, the body kept, the dependents told. A loop, not
     /// recursion: a chain of 10 000 failing dependents is 10 000 turns.
     fn process_ended(&mut self) {
-        if self.processing {
-            // An outer call is looping: it takes these too.
+        if self.processing || !self.send.has_ended() {
+            // Nothing ended, or an outer call is looping and takes these too.
             return;
         }
         self.processing = true;
@@ -754,7 +754,6 @@ impl Lifecycle {
         }
         self.ended = ended;
         self.processing = false;
-        self.counters.frames_out += self.send.take_frames_out();
     }
 
     fn ended(&mut self, id: u16, how: End) {
@@ -953,6 +952,7 @@ impl Lifecycle {
 
     /// The counts since the last call.
     pub fn take_counters(&mut self) -> Counters {
+        self.counters.frames_out += self.send.take_frames_out();
         std::mem::take(&mut self.counters)
     }
 
