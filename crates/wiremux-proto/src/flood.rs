@@ -320,6 +320,21 @@ mod tests {
         }
     }
 
+    /// Start-and-cancel pairs (two requests started, one cancelled) allowed
+    /// before the cut.
+    fn pairs_until_cut(limits: FloodLimits) -> u32 {
+        let mut guard = FloodGuard::new(limits);
+        let mut pairs = 0;
+        while {
+            guard.on_request_started();
+            guard.on_request_started();
+            guard.on_cancelled().is_ok()
+        } {
+            pairs += 1;
+        }
+        pairs
+    }
+
     #[test]
     fn everything_in_flight_can_be_cancelled_at_once_but_a_flood_is_stopped() {
         let limits = FloodLimits::default();
@@ -341,30 +356,13 @@ mod tests {
         assert_eq!(more, 383);
         // The same burst without the requests in flight first: a
         // start-and-cancel flood, stopped after about 4 100 pairs.
-        let mut guard = FloodGuard::new(limits);
-        let mut pairs = 0;
-        while {
-            guard.on_request_started();
-            guard.on_request_started();
-            guard.on_cancelled().is_ok()
-        } {
-            pairs += 1;
-        }
-        assert_eq!(pairs, 4093);
+        assert_eq!(pairs_until_cut(limits), 4093);
         // Without the burst, at the rate alone.
-        let mut guard = FloodGuard::new(FloodLimits {
+        let no_burst = FloodLimits {
             cancel_burst: 0,
             ..limits
-        });
-        let mut pairs = 0;
-        while {
-            guard.on_request_started();
-            guard.on_request_started();
-            guard.on_cancelled().is_ok()
-        } {
-            pairs += 1;
-        }
-        assert_eq!(pairs, 1533);
+        };
+        assert_eq!(pairs_until_cut(no_burst), 1533);
     }
 
     #[test]

@@ -1095,9 +1095,8 @@ fn cancel_a_running_request() {
     c.check_all_ended();
 }
 
-#[test]
-fn a_start_and_cancel_flood_ends_the_connection_with_the_flood_error() {
-    // One cancellation allowed per 10 requests started, no larger burst.
+/// One cancellation allowed per 10 requests started, no larger burst.
+fn one_cancel_per_ten() -> Conn {
     let mut config = LifecycleConfig::default();
     config.limits.flood = wiremux_proto::flood::FloodLimits {
         window: 10,
@@ -1105,7 +1104,12 @@ fn a_start_and_cancel_flood_ends_the_connection_with_the_flood_error() {
         max_cancelled: 1,
         cancel_burst: 0,
     };
-    let mut c = Conn::with(config);
+    Conn::with(config)
+}
+
+#[test]
+fn a_start_and_cancel_flood_ends_the_connection_with_the_flood_error() {
+    let mut c = one_cancel_per_ten();
     // The first pair spends the allowance; it is answered as usual.
     c.cmd(1, "sleep ms=1000");
     c.cmd(3, "@cancel id=1");
@@ -1145,14 +1149,7 @@ fn a_start_and_cancel_flood_ends_the_connection_with_the_flood_error() {
 
 #[test]
 fn deadlines_are_not_counted_as_cancellations() {
-    let mut config = LifecycleConfig::default();
-    config.limits.flood = wiremux_proto::flood::FloodLimits {
-        window: 10,
-        max_errors: 0,
-        max_cancelled: 1,
-        cancel_burst: 0,
-    };
-    let mut c = Conn::with(config);
+    let mut c = one_cancel_per_ten();
     for round in 0..20u64 {
         c.cmd(1, "sleep ms=1000 @deadline=1");
         assert_lines!(c.events(), ["run 1 sleep ms=1000"]);
