@@ -206,6 +206,16 @@ pub(crate) struct Entry {
     pub(crate) row: Option<crate::stats::Row>,
 }
 
+impl Entry {
+    /// The permission check: `granted` access may run this command.
+    fn allows(&self, name: &[u8], granted: Permission) -> Result<(), Refusal> {
+        if self.permission > granted {
+            return Err(Refusal::ReadOnly(lossy(name)));
+        }
+        Ok(())
+    }
+}
+
 /// A multiply-xorshift hash over the command name, eight bytes at a time.
 /// Command names are short and looked up once per request; the map only
 /// ever holds the registered names, so a peer choosing names cannot crowd
@@ -322,14 +332,11 @@ impl Registry {
 
     /// Looks up a command and checks it against the granted access.
     pub(crate) fn resolve(&self, name: &[u8], granted: Permission) -> Result<&Entry, Refusal> {
-        let text = || lossy(name);
         let entry = self
             .commands
             .get(name)
-            .ok_or_else(|| Refusal::Unknown(text()))?;
-        if entry.permission > granted {
-            return Err(Refusal::ReadOnly(text()));
-        }
+            .ok_or_else(|| Refusal::Unknown(lossy(name)))?;
+        entry.allows(name, granted)?;
         Ok(entry)
     }
 
@@ -359,8 +366,8 @@ impl Registry {
         let Some(entry) = self.commands.get(&request.name[..]) else {
             return (None, Err(Refusal::Unknown(lossy(&request.name))));
         };
-        if entry.permission > granted {
-            return (entry.row, Err(Refusal::ReadOnly(lossy(&request.name))));
+        if let Err(refusal) = entry.allows(&request.name, granted) {
+            return (entry.row, Err(refusal));
         }
         let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             entry.handler.start(request)
