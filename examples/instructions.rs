@@ -1,0 +1,132 @@
+//! A deterministic driver for counting the instructions a request costs,
+//! under `valgrind --tool=callgrind` (this machine's VM has no hardware
+//! counters, and wall-clock figures swing with its vCPU regime; an
+//! instruction count is the same on every run of the same binary).
+//!
+//! Run: `cargo build --release --example instructions`, then
+//! `valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/examples/instructions SERVER N W`
+//! for N = 20000 and N = 120000: the difference of the two totals divided
+//! by 100 000 is the cost of one request, with start-up and the runtime's
+//! set-up cancelled out. SERVER is `wiremux` (the engine with the demo
+//! commands and the default configuration) or `raw` (the hand-written
+//! raw-frame echo of benches/e2e.rs). W (default 256) requests are kept in
+//! flight; figures in docs/PERFORMANCE.md.
+//!
+//! Both sides run on one current-thread runtime and talk through
+//! `tokio::io::duplex`, so no system call is counted and the run is the
+//! same every time: the client writes a batch, the server answers all it
+//! can, the client reads and refills. This is the user-space half of what
+//! `benches/e2e.rs` measures over loopback TCP.
+
+use bytes::{Buf, BufMut, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use wiremux::engine::Server;
+use wiremux::proto::builder::CommandBuilder;
+use wiremux::proto::{Flags, FrameType, Header, HEADER_LEN};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let server = args.first().map(String::as_str).unwrap_or("wiremux");
+    let n: u64 = args.get(1).map_or(100_000, |s| s.parse().expect("N"));
+    let w: usize = args.get(2).map_or(256, |s| s.parse().expect("W"));
+    assert!((1..=16_384).contains(&w), "W is 1 to 16384");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let (client, end) = tokio::io::duplex(64 << 10);
+        match server {
+            "wiremux" => {
+                let server = Server::builder()
+                    .registry(wiremux::engine::demo::registry())
+                    .build();
+                tokio::spawn(async move { server.serve_io(end).await });
+            }
+            "raw" => {
+                tokio::spawn(raw_echo(end));
+            }
+            other => panic!("SERVER is wiremux or raw, not {other:?}"),
+        }
+        drive(client, n, w).await;
+    });
+    println!("{server}: {n} requests answered, {w} in flight");
+}
+
+/// Keeps `w` 32-byte echoes in flight until `n` are answered; checks that
+/// each answer is the one whole `bytes-response` frame it expects.
+async fn drive<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO, n: u64, w: usize) {
+    let echo = CommandBuilder::new("echo").data(vec![b'x'; 32]);
+    let mut free: Vec<u16> = (0..w as u16).rev().map(|i| 2 * i + 1).collect();
+    let (mut rbuf, mut wbuf) = (BytesMut::with_capacity(64 << 10), BytesMut::new());
+    let (mut issued, mut done) = (0u64, 0u64);
+    while done < n {
+        while issued < n {
+            let Some(id) = free.pop() else { break };
+            echo.encode(id, 32768, &mut wbuf).expect("encode");
+            issued += 1;
+        }
+        if !wbuf.is_empty() {
+            io.write_all(&wbuf).await.expect("write");
+            wbuf.clear();
+        }
+        rbuf.reserve(16 << 10);
+        assert!(io.read_buf(&mut rbuf).await.expect("read") > 0, "closed");
+        for_each_frame(&mut rbuf, |header, payload| {
+            assert_eq!(header.frame_type, FrameType::BYTES_RESPONSE);
+            assert!(header.flags.contains(Flags::DATA_EOS), "one frame");
+            assert_eq!(payload.len(), 32);
+            free.push(header.request_id);
+            done += 1;
+        });
+    }
+}
+
+/// The raw-frame echo of benches/e2e.rs, over any byte stream.
+async fn raw_echo<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO) {
+    let (mut rbuf, mut wbuf) = (BytesMut::with_capacity(64 << 10), BytesMut::new());
+    loop {
+        rbuf.reserve(16 << 10);
+        match io.read_buf(&mut rbuf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        for_each_frame(&mut rbuf, |header, payload| {
+            if header.frame_type == FrameType::COMMAND_DATA
+                && header.flags.contains(Flags::DATA_EOS)
+            {
+                let response = Header {
+                    length: payload.len(),
+                    request_id: header.request_id,
+                    frame_type: FrameType::BYTES_RESPONSE,
+                    flags: Flags::new(Flags::DATA_EOS),
+                };
+                wbuf.put_slice(&response.to_bytes());
+                wbuf.put_slice(payload);
+            }
+        });
+        if !wbuf.is_empty() {
+            if io.write_all(&wbuf).await.is_err() {
+                return;
+            }
+            wbuf.clear();
+        }
+    }
+}
+
+/// Calls `f` with every complete frame at the front of `buf` and removes
+/// them; a partial frame stays for the next read.
+fn for_each_frame(buf: &mut BytesMut, mut f: impl FnMut(Header, &[u8])) {
+    let mut at = 0;
+    while buf.len() - at >= HEADER_LEN {
+        let head: &[u8; HEADER_LEN] = buf[at..at + HEADER_LEN].try_into().expect("header");
+        let header = Header::parse(head);
+        let end = at + HEADER_LEN + header.length;
+        if end > buf.len() {
+            break;
+        }
+        f(header, &buf[at + HEADER_LEN..end]);
+        at = end;
+    }
+    buf.advance(at);
+}
