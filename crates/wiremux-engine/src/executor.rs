@@ -268,16 +268,22 @@ impl Executor {
         outcome: Outcome,
         now: Instant,
     ) {
-        if let Ok(Response {
-            body: Body::Stream(_),
-        }) = &outcome
-        {
-            self.track(token, row, now);
-            return self.deliver(lifecycle, token, outcome, now);
+        match outcome {
+            Ok(Response {
+                body: Body::Bytes(body),
+            }) => {
+                self.stats.request_ended_at_once(row, true);
+                lifecycle.on_body(token, body);
+            }
+            Err(err) => {
+                self.stats.request_ended_at_once(row, false);
+                lifecycle.on_error(token, err.message());
+            }
+            stream => {
+                self.track(token, row, now);
+                self.deliver(lifecycle, token, stream, now);
+            }
         }
-        self.stats
-            .request_ended(row, outcome.is_ok(), std::time::Duration::ZERO);
-        self.deliver(lifecycle, token, outcome, now);
     }
 
     fn spawn(

@@ -207,6 +207,18 @@ impl LocalStats {
     /// `ok` for an error or a request dropped unanswered. Per command
     /// only; the totals (`requests_completed` and the others) are the
     /// caller's to count.
+    /// [`LocalStats::request_ended`] for a request answered at its start
+    /// (no time passed).
+    pub(crate) fn request_ended_at_once(&mut self, row: Row, ok: bool) {
+        let slot = self.command(row);
+        if ok {
+            slot.completed += 1;
+        } else {
+            slot.failed += 1;
+        }
+        slot.buckets[0] += 1;
+    }
+
     pub(crate) fn request_ended(&mut self, row: Row, ok: bool, elapsed: Duration) {
         let slot = self.command(row);
         if ok {

@@ -136,12 +136,12 @@ pub struct Counters {
     pub protocol_errors: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Frames are still arriving.
     Receiving,
-    /// Complete, waiting for requests it depends on.
-    Held(Box<Held>),
+    /// Complete, waiting for requests it depends on (in `Extra::held`).
+    Held,
     /// The transport runs it.
     Running,
     /// Its response is a stream, being answered.
@@ -178,6 +178,8 @@ struct Extra {
     keep: Option<Option<Kept>>,
     /// The milliseconds the deadline's error names, if it has one.
     deadline_ms: Option<u64>,
+    /// In phase `Held`: the request and what it waits for.
+    held: Option<Held>,
 }
 
 impl Entry {
@@ -324,7 +326,12 @@ impl Lifecycle {
         if is_name && !matches!(&action, Action::Error(e) if e.scope() == Scope::Connection) {
             self.begin(id);
         }
-        self.on_action(action, now);
+        match action {
+            // Most frames: a request goes on arriving, or is complete.
+            Action::Noop | Action::WantFrame { .. } => {}
+            Action::RunCommand(request) => self.on_complete(request, now),
+            action => self.on_action(action, now),
+        }
         self.process_ended();
         if self.reactor.receiving() == 0 && !self.ended_while_receiving.is_empty() {
             // Every request begun before those ended is complete.
@@ -444,7 +451,8 @@ impl Lifecycle {
             self.live_deadlines += 1;
         }
         let Some(reserved) = reserved else {
-            return self.release(Token { id, seq }, request, Vec::new());
+            // A plain request: nothing to substitute, nothing to wait for.
+            return self.run(Token { id, seq }, request);
         };
         if reserved.keep {
             entry.extra().keep = Some(Some(Kept::default()));
@@ -477,11 +485,12 @@ impl Lifecycle {
             self.waiters.entry(dep).or_default().push(Token { id, seq });
         }
         let entry = self.entries.get_mut(id).expect("present");
-        entry.phase = Phase::Held(Box::new(Held {
+        entry.phase = Phase::Held;
+        entry.extra().held = Some(Held {
             request,
             waiting: waiting.len(),
             uses,
-        }));
+        });
     }
 
     /// Where dependency `dep` of request `id` (begun as `seq`) stands.
@@ -516,32 +525,47 @@ impl Lifecycle {
     /// Every dependency has ended: substitute used results and run.
     fn release(&mut self, token: Token, mut request: Request, uses: Vec<Use>) {
         let id = token.id;
-        for (name, dep, body) in uses {
-            let Some(Some(body)) = body else {
-                return self.fail_request(id, &format!("response {dep} was not kept"));
-            };
-            request.args.push((name, body));
-        }
-        let size: usize = request
-            .args
-            .iter()
-            .map(|(n, v)| n.len() + v.len())
-            .sum::<usize>()
-            + request.data.as_ref().map_or(0, Bytes::len);
-        let max = self.config.limits.max_request_bytes;
-        if size > max {
-            return self.fail_request(id, &format!("more than {max} bytes of arguments and data"));
+        if !uses.is_empty() {
+            for (name, dep, body) in uses {
+                let Some(Some(body)) = body else {
+                    return self.fail_request(id, &format!("response {dep} was not kept"));
+                };
+                request.args.push((name, body));
+            }
+            // The reactor bounded what arrived; the results put in may
+            // make it larger.
+            let size: usize = request
+                .args
+                .iter()
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>()
+                + request.data.as_ref().map_or(0, Bytes::len);
+            let max = self.config.limits.max_request_bytes;
+            if size > max {
+                return self
+                    .fail_request(id, &format!("more than {max} bytes of arguments and data"));
+            }
         }
         if let Some(entry) = self.entries.get_mut(id) {
             entry.phase = Phase::Running;
         }
-        match &request.name[..] {
-            schedule::CAPABILITIES_COMMAND => {
-                self.on_body(token, Bytes::from_static(schedule::CAPABILITIES.as_bytes()))
+        self.run(token, request);
+    }
+
+    /// A request in phase `Running` starts: the lifecycle answers its own
+    /// commands, the transport runs the others.
+    fn run(&mut self, token: Token, request: Request) {
+        if request.name.first() == Some(&b'@') {
+            match &request.name[..] {
+                schedule::CAPABILITIES_COMMAND => {
+                    let body = Bytes::from_static(schedule::CAPABILITIES.as_bytes());
+                    return self.on_body(token, body);
+                }
+                schedule::CANCEL_COMMAND => return self.cancel_command(token, &request),
+                _ => {}
             }
-            schedule::CANCEL_COMMAND => self.cancel_command(token, &request),
-            _ => self.events.push_back(Event::Run(token, request)),
         }
+        self.events.push_back(Event::Run(token, request));
     }
 
     /// `@cancel id=N`: stop request N if it has not ended.
@@ -592,7 +616,7 @@ impl Lifecycle {
                 let token = Token { id, seq: entry.seq };
                 self.events.push_back(Event::Cancel(token));
             }
-            Phase::Held(_) | Phase::Ending => {}
+            Phase::Held | Phase::Ending => {}
         }
         self.fail_request(id, message);
     }
@@ -601,9 +625,12 @@ impl Lifecycle {
     fn fail_request(&mut self, id: u16, message: &str) {
         match self.entries.get_mut(id) {
             Some(entry) => {
-                if matches!(entry.phase, Phase::Receiving) {
+                match entry.phase {
                     // Taken in only now, to be refused.
-                    self.counters.requests_started += 1;
+                    Phase::Receiving => self.counters.requests_started += 1,
+                    // Its request is not wanted any more.
+                    Phase::Held => drop(entry.extra().held.take()),
+                    _ => {}
                 }
                 entry.phase = Phase::Ending;
             }
@@ -711,6 +738,7 @@ impl Lifecycle {
     // ---- output ----
 
     /// What to do next: run a command, or stop one.
+    #[inline]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
@@ -739,11 +767,15 @@ impl Lifecycle {
     /// Requests whose terminal frame was framed: the ID is free, the
     /// outcome remembered, the body kept, the dependents told. A loop, not
     /// recursion: a chain of 10 000 failing dependents is 10 000 turns.
+    #[inline]
     fn process_ended(&mut self) {
-        if self.processing || !self.send.has_ended() {
-            // Nothing ended, or an outer call is looping and takes these too.
-            return;
+        // Nothing ended, or an outer call is looping and takes these too.
+        if !self.processing && self.send.has_ended() {
+            self.process_ended_now();
         }
+    }
+
+    fn process_ended_now(&mut self) {
         self.processing = true;
         let mut ended = std::mem::take(&mut self.ended);
         while self.send.has_ended() {
@@ -801,13 +833,14 @@ impl Lifecycle {
             if entry.seq != waiter.seq {
                 continue;
             }
-            let Phase::Held(held) = &mut entry.phase else {
+            if entry.phase != Phase::Held {
                 continue;
-            };
+            }
             if how == End::Failed {
                 self.fail_request(waiter.id, &format!("dependency {id} failed"));
                 continue;
             }
+            let held = entry.extra().held.as_mut().expect("a held request's");
             for (_, dep, body) in &mut held.uses {
                 if *dep == id && body.is_none() {
                     *body = Some(self.kept.get(&id).cloned());
@@ -815,10 +848,8 @@ impl Lifecycle {
             }
             held.waiting -= 1;
             if held.waiting == 0 {
-                let Phase::Held(held) = std::mem::replace(&mut entry.phase, Phase::Running) else {
-                    unreachable!("held above")
-                };
-                let Held { request, uses, .. } = *held;
+                let Held { request, uses, .. } = entry.extra().held.take().expect("held above");
+                entry.phase = Phase::Running;
                 self.release(waiter, request, uses);
             }
         }

@@ -142,7 +142,10 @@ impl SendQueue {
 
     /// A whole response body for `id`.
     pub fn push_body(&mut self, id: u16, body: Bytes) {
-        if body.len() <= self.max_payload && self.may_send(id) && !self.pending.contains_key(&id) {
+        if body.len() <= self.max_payload
+            && self.may_send(id)
+            && (self.pending.is_empty() || !self.pending.contains_key(&id))
+        {
             encode_bytes_response(id, &body, true, self.max_payload, &mut self.out);
             self.frames_out += 1;
             self.end(id, End::Ok);

@@ -3,21 +3,22 @@
 //!
 //! Client requests use odd IDs only, so the 32768 possible IDs are split
 //! into 1024 pages of 32; a page is allocated when one of its IDs is first
-//! used and freed when its last one is, and the page directory grows only
-//! as far as the highest page used (clients allocate IDs from the bottom,
-//! so a connection with a few hundred requests in flight needs a handful
-//! of entries). Up to [`SPARE_PAGES`] emptied pages are kept aside for
-//! reuse: a busy connection often answers everything in flight before
-//! reading more, emptying every page it uses at once, and must not free
-//! and allocate them again on every such round. A lookup is two array
+//! used, and the page directory grows only as far as the highest page
+//! used (clients allocate IDs from the bottom, so a connection with a few
+//! hundred requests in flight needs a handful of entries). Up to
+//! [`SPARE_PAGES`] emptied pages stay where they are, for their IDs' next
+//! use; a page emptied beyond that is freed. A connection answering one
+//! request at a time empties its page on every request, and a busy one
+//! often answers everything in flight before reading more: neither frees
+//! and allocates its pages again on every round, or even moves them. A lookup is two array
 //! indexings, with no hashing, no probing and no rehashing as IDs come and
 //! go on the per-frame path.
 
 /// Odd IDs per page: small, because a connection that has been used keeps
-/// an emptied page of each table as a spare (512 bytes for the reactor's
-/// 16-byte slots, 1 KiB for the lifecycle's 32-byte entries).
+/// an emptied page of each table (512 bytes for the reactor's and the
+/// lifecycle's 16-byte records).
 const PAGE: usize = 32;
-/// Emptied pages kept for reuse: as many as a window of 256 requests spans.
+/// Emptied pages kept: as many as a window of 256 requests spans.
 const SPARE_PAGES: usize = 8;
 
 struct Page<V> {
@@ -52,8 +53,8 @@ impl<V> Page<V> {
 pub struct IdTable<V> {
     /// The page directory, as long as the highest page used so far.
     pages: Vec<Option<Box<Page<V>>>>,
-    /// Emptied pages kept for reuse, at most `SPARE_PAGES`.
-    spare: Vec<Box<Page<V>>>,
+    /// Pages in the directory that hold nothing, at most `SPARE_PAGES`.
+    empty: usize,
     /// Values stored.
     len: usize,
 }
@@ -62,7 +63,7 @@ impl<V> Default for IdTable<V> {
     fn default() -> Self {
         IdTable {
             pages: Vec::new(),
-            spare: Vec::new(),
+            empty: 0,
             len: 0,
         }
     }
@@ -107,8 +108,16 @@ impl<V> IdTable<V> {
         if page >= self.pages.len() {
             self.pages.resize_with(page + 1, || None);
         }
-        let spare = &mut self.spare;
-        let page = self.pages[page].get_or_insert_with(|| spare.pop().unwrap_or_else(Page::new));
+        let page = match &mut self.pages[page] {
+            Some(page) => {
+                if page.used == 0 {
+                    // An emptied page kept in place is in use again.
+                    self.empty -= 1;
+                }
+                page
+            }
+            none => none.insert(Page::new()),
+        };
         let old = page.slots[at].replace(value);
         if old.is_none() {
             page.used += 1;
@@ -117,8 +126,8 @@ impl<V> IdTable<V> {
         old
     }
 
-    /// Takes the value for `id` out; an emptied page is freed (or kept as
-    /// a spare).
+    /// Takes the value for `id` out; an emptied page is kept in place or
+    /// freed.
     #[inline]
     pub fn remove(&mut self, id: u16) -> Option<V> {
         let (index, at) = locate(id)?;
@@ -138,6 +147,10 @@ impl<V> IdTable<V> {
             let Some(page) = self.pages[index].as_mut() else {
                 continue;
             };
+            if page.used == 0 {
+                // Emptied before, and kept.
+                continue;
+            }
             for (at, slot) in page.slots.iter_mut().enumerate() {
                 if slot.as_ref().is_some_and(|v| !keep(id_of(index, at), v)) {
                     *slot = None;
@@ -163,8 +176,7 @@ impl<V> IdTable<V> {
         self.len == 0
     }
 
-    /// Removes every value (the emptied pages are kept as spares, up to
-    /// the usual few).
+    /// Removes every value (up to the usual few emptied pages are kept).
     pub fn clear(&mut self) {
         if self.len > 0 {
             self.retain(|_, _| false);
@@ -183,12 +195,12 @@ impl<V> IdTable<V> {
         })
     }
 
-    /// Frees an emptied page, or keeps it as a spare.
+    /// Keeps an emptied page in place, or frees it if enough are kept.
     fn release(&mut self, index: usize) {
-        if let Some(page) = self.pages[index].take() {
-            if self.spare.len() < SPARE_PAGES {
-                self.spare.push(page);
-            }
+        if self.empty < SPARE_PAGES {
+            self.empty += 1;
+        } else {
+            self.pages[index] = None;
         }
     }
 }
@@ -227,11 +239,18 @@ mod tests {
         for &id in &ids {
             t.remove(id);
         }
-        assert!(t.pages.iter().all(Option::is_none));
-        assert_eq!(t.spare.len(), SPARE_PAGES);
-        // Reuse takes a spare rather than allocating.
+        let kept = |t: &IdTable<()>| t.pages.iter().filter(|p| p.is_some()).count();
+        assert_eq!(kept(&t), SPARE_PAGES, "the first ones emptied stay");
+        assert!(t.pages[SPARE_PAGES..].iter().all(Option::is_none));
+        assert!(t.is_empty());
+        // A kept page is used again as it is; a freed one is allocated.
         t.insert(ids[0], ());
-        assert_eq!(t.spare.len(), SPARE_PAGES - 1);
+        assert_eq!((kept(&t), t.empty), (SPARE_PAGES, SPARE_PAGES - 1));
+        t.insert(ids[SPARE_PAGES], ());
+        assert_eq!((kept(&t), t.empty), (SPARE_PAGES + 1, SPARE_PAGES - 1));
+        // Emptied again: one of the nine is freed.
+        t.clear();
+        assert_eq!((kept(&t), t.empty), (SPARE_PAGES, SPARE_PAGES));
     }
 
     #[test]
@@ -283,6 +302,9 @@ mod tests {
                 prop_assert_eq!(listed, expected);
                 prop_assert_eq!(table.len(), model.len());
                 prop_assert_eq!(table.is_empty(), model.is_empty());
+                let empty = table.pages.iter().flatten().filter(|p| p.used == 0).count();
+                prop_assert_eq!(table.empty, empty);
+                prop_assert!(empty <= SPARE_PAGES);
             }
         }
     }
