@@ -115,8 +115,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             let room = self.has_room();
             let mut progress = self.executor.drive(&mut self.lifecycle, cx, now, room);
             self.check_lifecycle();
-            progress |= self.poll_write(cx)?;
+            // Read, then write what that answered at once: a request that
+            // is answered where it is read leaves in the same round.
             progress |= self.poll_read(cx, now)?;
+            progress |= self.poll_write(cx)?;
             if self.is_finished() {
                 ready!(self.poll_flush_and_close(cx))?;
                 return Poll::Ready(Ok(()));

@@ -467,7 +467,12 @@ impl Executor {
         progress
     }
 
-    /// Keeps one timer at the lifecycle's next timeout.
+    /// Keeps one timer for the lifecycle's next timeout, and moves it only
+    /// when that timeout comes sooner. Most timeouts only ever move later
+    /// (the idle timeout, on every request of a quiet connection); a timer
+    /// left at an earlier moment, or left armed when no timeout is due,
+    /// wakes the connection once and is then set to the real moment. So a
+    /// request costs no timer registration, only a comparison.
     fn poll_timer(
         &mut self,
         lifecycle: &mut Lifecycle,
@@ -475,39 +480,30 @@ impl Executor {
         now: Instant,
     ) -> bool {
         let Some(at) = lifecycle.poll_timeout() else {
-            self.timer = None;
             return false;
         };
         if at <= now {
-            self.timer = None;
             lifecycle.handle_timeout(now);
             return true;
         }
-        match &mut self.timer {
-            Some((armed, sleep)) if *armed == at => {
-                if sleep.as_mut().poll(cx).is_pending() {
-                    return false;
-                }
-            }
-            Some((armed, sleep)) => {
-                *armed = at;
-                sleep.as_mut().reset(tokio::time::Instant::from_std(at));
-                if sleep.as_mut().poll(cx).is_pending() {
-                    return false;
-                }
-            }
-            None => {
-                let mut sleep =
-                    Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(at)));
-                if sleep.as_mut().poll(cx).is_pending() {
-                    self.timer = Some((at, sleep));
-                    return false;
-                }
-            }
+        let (armed, sleep) = self.timer.get_or_insert_with(|| {
+            let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(at));
+            (at, Box::pin(sleep))
+        });
+        if at < *armed {
+            *armed = at;
+            sleep.as_mut().reset(tokio::time::Instant::from_std(at));
         }
-        self.timer = None;
-        lifecycle.handle_timeout(at.max(now));
-        true
+        while sleep.as_mut().poll(cx).is_ready() {
+            if *armed == at {
+                lifecycle.handle_timeout(at.max(now));
+                return true;
+            }
+            // Set for a moment since moved later: the real one is ahead.
+            *armed = at;
+            sleep.as_mut().reset(tokio::time::Instant::from_std(at));
+        }
+        false
     }
 
     /// Adds the lifecycle's counts to the connection's.

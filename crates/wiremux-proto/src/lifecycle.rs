@@ -307,6 +307,10 @@ impl Lifecycle {
             return;
         }
         self.counters.frames_in += 1;
+        // Not idle: the idle clock starts again at the next `set_input`
+        // that finds nothing in flight, even if this frame's request
+        // is answered before then.
+        self.idle_since = None;
         let id = frame.request_id;
         let is_name = frame.frame_type == FrameType::COMMAND_NAME;
         if is_name {

@@ -1590,6 +1590,27 @@ fn the_idle_timeout_marks_the_connection_expired() {
     c.check_all_ended();
 }
 
+#[test]
+fn a_request_answered_between_two_input_checks_restarts_the_idle_clock() {
+    // A transport may read a request, have it answered and write the
+    // answer before it next reports its input: the idle clock must still
+    // start again, from that report.
+    let mut c = Conn::new();
+    c.lc.set_input(true, false, c.now);
+    assert_eq!(c.lc.poll_timeout(), Some(c.t0 + Duration::from_secs(300)));
+    c.at(299_000).cmd(1, "echo");
+    c.events();
+    c.body(1, "hi");
+    assert_eq!(c.out(), ["1 bytes-response eos hi"]);
+    c.lc.set_input(true, false, c.now);
+    assert_eq!(c.lc.poll_timeout(), Some(c.t0 + Duration::from_secs(599)));
+    c.tick(300_000);
+    assert!(!c.lc.idle_expired(), "idle since 0 s, not since 299 s");
+    c.tick(599_000);
+    assert!(c.lc.idle_expired());
+    c.check_all_ended();
+}
+
 // ------------------------------------------------------------ in-order mode
 
 fn in_order() -> Conn {
