@@ -661,7 +661,16 @@ impl Lifecycle {
             kept.len = body.len();
             kept.parts = vec![body.clone()];
         }
-        self.send.push_body(token.id, body);
+        // Most answers: framed here, and the request ends here, ahead of
+        // nothing else still to be processed. What its end releases is
+        // processed by the loop below, not by recursion.
+        if !self.processing && !self.send.has_ended() && self.send.push_body_now(token.id, &body) {
+            self.processing = true;
+            self.ended(token.id, End::Ok);
+            self.processing = false;
+        } else {
+            self.send.push_body(token.id, body);
+        }
         self.process_ended();
     }
 

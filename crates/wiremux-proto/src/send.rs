@@ -142,14 +142,8 @@ impl SendQueue {
 
     /// A whole response body for `id`.
     pub fn push_body(&mut self, id: u16, body: Bytes) {
-        if body.len() <= self.max_payload
-            && self.may_send(id)
-            && (self.pending.is_empty() || !self.pending.contains_key(&id))
-        {
-            encode_bytes_response(id, &body, true, self.max_payload, &mut self.out);
-            self.frames_out += 1;
-            self.end(id, End::Ok);
-            return;
+        if self.push_small(id, &body) {
+            return self.end(id, End::Ok);
         }
         let out = self.pending.entry(id).or_default();
         if !body.is_empty() {
@@ -159,6 +153,29 @@ impl SendQueue {
         }
         out.complete = true;
         self.schedule(id);
+    }
+
+    /// Frames a whole response body for `id` at once if it fits in one
+    /// frame and may leave now (most answers), and says whether it did.
+    /// The caller has then ended `id` itself: it is not reported by
+    /// [`SendQueue::take_ended`], and in-order mode never frames here.
+    fn push_small(&mut self, id: u16, body: &[u8]) -> bool {
+        let now = body.len() <= self.max_payload
+            && self.may_send(id)
+            && (self.pending.is_empty() || !self.pending.contains_key(&id));
+        if now {
+            encode_bytes_response(id, body, true, self.max_payload, &mut self.out);
+            self.frames_out += 1;
+        }
+        now
+    }
+
+    /// [`SendQueue::push_body`] for a body that is framed at once, whose
+    /// end the caller takes from the return value rather than from
+    /// [`SendQueue::take_ended`]; `false` (a large body, or in-order
+    /// mode): nothing was done.
+    pub fn push_body_now(&mut self, id: u16, body: &[u8]) -> bool {
+        self.order.is_none() && self.push_small(id, body)
     }
 
     /// Opens a streamed response for `id`: chunks follow with
@@ -406,6 +423,21 @@ mod tests {
         assert_eq!(lines(&mut q), ["3 bytes-response eos "]);
         assert_eq!(q.take_ended(), [(1, End::Ok), (3, End::Ok)]);
         assert!(q.is_idle());
+    }
+
+    #[test]
+    fn push_body_now_frames_only_what_may_leave_at_once_and_reports_no_end() {
+        let mut q = SendQueue::new(4, false);
+        assert!(q.push_body_now(1, b"abcd"));
+        assert!(!q.push_body_now(3, b"abcde"), "more than a frame");
+        q.open_stream(5);
+        assert!(!q.push_body_now(5, b"x"), "its stream is still open");
+        assert_eq!(lines(&mut q), ["1 bytes-response eos abcd"]);
+        assert_eq!(q.take_ended(), [], "the caller ends what it framed");
+        let mut in_order = SendQueue::new(4, true);
+        in_order.expect(1);
+        assert!(!in_order.push_body_now(1, b"a"), "in-order mode never does");
+        assert!(in_order.is_idle());
     }
 
     #[test]

@@ -1826,6 +1826,43 @@ fn a_chain_of_10000_that_succeeds_runs_link_by_link() {
 }
 
 #[test]
+fn a_chain_of_10000_answered_by_the_lifecycle_itself_ends_without_deep_recursion() {
+    // Each `@capabilities` is answered, and so ends, where it is released:
+    // the end of one releases the next, in a loop, not by recursion.
+    std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(|| {
+            let mut c = Conn::new();
+            c.cmd(1, "sleep");
+            assert_eq!(c.events(), ["run 1 sleep"]);
+            for i in 1..10_000u16 {
+                let id = 2 * i + 1;
+                c.cmd(id, &format!("@capabilities @after={}", id - 2));
+            }
+            assert_eq!(c.lc.in_flight(), 10_000);
+            c.body(1, "slept");
+            assert!(c.events().is_empty());
+            let out = c.out();
+            assert_eq!(out.len(), 10_000);
+            assert_eq!(out[0], "1 bytes-response eos slept");
+            for i in 1..10_000u16 {
+                let id = 2 * i + 1;
+                assert_eq!(
+                    out[usize::from(i)],
+                    format!(
+                        "{id} bytes-response eos {}",
+                        wiremux_proto::schedule::CAPABILITIES
+                    )
+                );
+            }
+            c.check_all_ended();
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+#[test]
 fn every_terminal_frame_is_counted() {
     // A mix of every way to end, checked by the harness's count.
     let mut c = Conn::with_frame_size(4);
