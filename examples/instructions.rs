@@ -17,6 +17,12 @@
 //! same every time: the client writes a batch, the server answers all it
 //! can, the client reads and refills. This is the user-space half of what
 //! `benches/e2e.rs` measures over loopback TCP.
+//!
+//! A fourth argument `tcp` puts the server on its own thread behind a
+//! loopback connection instead, as benches/e2e.rs does, to count its
+//! system calls: `strace -c -f target/release/examples/instructions
+//! wiremux 20000 1 tcp` (instruction counts of that mode vary with how
+//! the two threads interleave).
 
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -30,27 +36,60 @@ fn main() {
     let n: u64 = args.get(1).map_or(100_000, |s| s.parse().expect("N"));
     let w: usize = args.get(2).map_or(256, |s| s.parse().expect("W"));
     assert!((1..=16_384).contains(&w), "W is 1 to 16384");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
-        let (client, end) = tokio::io::duplex(64 << 10);
-        match server {
-            "wiremux" => {
-                let server = Server::builder()
-                    .registry(wiremux::engine::demo::registry())
-                    .build();
-                tokio::spawn(async move { server.serve_io(end).await });
-            }
-            "raw" => {
-                tokio::spawn(raw_echo(end));
-            }
-            other => panic!("SERVER is wiremux or raw, not {other:?}"),
-        }
-        drive(client, n, w).await;
-    });
+    let tcp = match args.get(3).map(String::as_str) {
+        None | Some("duplex") => false,
+        Some("tcp") => true,
+        Some(other) => panic!("the transport is duplex or tcp, not {other:?}"),
+    };
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
+    if tcp {
+        // The server on its own thread and runtime, as in benches/e2e.rs:
+        // for counting its system calls (`strace -c -f`), not instructions.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let name = server.to_string();
+        std::thread::spawn(move || {
+            runtime().block_on(async move {
+                listener.set_nonblocking(true).expect("nonblocking");
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let (stream, _) = listener.accept().await.expect("accept");
+                stream.set_nodelay(true).expect("nodelay");
+                serve(&name, stream).await;
+            })
+        });
+        runtime().block_on(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            stream.set_nodelay(true).expect("nodelay");
+            drive(stream, n, w).await;
+        });
+    } else {
+        runtime().block_on(async move {
+            let (client, end) = tokio::io::duplex(64 << 10);
+            let name = server.to_string();
+            tokio::spawn(async move { serve(&name, end).await });
+            drive(client, n, w).await;
+        });
+    }
     println!("{server}: {n} requests answered, {w} in flight");
+}
+
+/// Serves one connection with the named server.
+async fn serve<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(server: &str, io: IO) {
+    match server {
+        "wiremux" => {
+            let server = Server::builder()
+                .registry(wiremux::engine::demo::registry())
+                .build();
+            let _ = server.serve_io(io).await;
+        }
+        "raw" => raw_echo(io).await,
+        other => panic!("SERVER is wiremux or raw, not {other:?}"),
+    }
 }
 
 /// Keeps `w` 32-byte echoes in flight until `n` are answered; checks that
