@@ -163,8 +163,9 @@ struct Held {
 /// runs: a new command on that ID meanwhile is not the one named.
 type Use = (Bytes, u16, Option<Option<Bytes>>);
 
-/// One request's state: 32 bytes, what most requests need; the rest
-/// (`@keep`, a deadline) is boxed, for the requests that have it.
+/// One request's state: 16 bytes, what most requests need; the rest
+/// (`@keep`, a deadline, a held request) is boxed, for the requests that
+/// have it.
 #[derive(Debug)]
 struct Entry {
     seq: u32,
@@ -1152,5 +1153,12 @@ mod tests {
             ]
         );
         assert!(lc.is_done());
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_request_entry_is_16_bytes() {
+        // The per-request memory figures of docs/PERFORMANCE.md rest on it.
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
     }
 }
