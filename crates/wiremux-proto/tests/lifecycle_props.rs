@@ -1,7 +1,8 @@
 //! Property test of the request lifecycle (PROTOCOL.md section 8) over
 //! random dependency graphs of random requests, with random outcomes
-//! (body, error, stream), cancellations, deadlines and requests whose
-//! frames arrive in two parts, against a plain reference model.
+//! (body, error, stream), cancellations, deadlines (`@deadline`, the
+//! server's own per-request deadline, or both) and requests whose frames
+//! arrive in two parts, against a plain reference model.
 //!
 //! After every step the test checks that:
 //! - what the lifecycle runs and stops (`Event::Run` with its arguments,
@@ -79,6 +80,8 @@ struct Scenario {
     specs: Vec<Spec>,
     steps: Vec<Step>,
     max_kept_bytes: usize,
+    /// The server's own deadline for every request (ms), beside `@deadline`.
+    request_deadline: Option<u64>,
 }
 
 fn arb_dep() -> impl Strategy<Value = Dep> {
@@ -133,12 +136,16 @@ fn arb_scenario() -> impl Strategy<Value = Scenario> {
         prop::collection::vec(arb_spec(), 1..10),
         prop::collection::vec(arb_step(), 0..60),
         prop_oneof![Just(8 << 20), 0usize..300],
+        prop::option::weighted(0.2, 0u64..60),
     )
-        .prop_map(|(specs, steps, max_kept_bytes)| Scenario {
-            specs,
-            steps,
-            max_kept_bytes,
-        })
+        .prop_map(
+            |(specs, steps, max_kept_bytes, request_deadline)| Scenario {
+                specs,
+                steps,
+                max_kept_bytes,
+                request_deadline,
+            },
+        )
 }
 
 // ------------------------------------------------------------ helpers
@@ -417,6 +424,7 @@ impl Run {
             assembly_timeout: None,
             idle_timeout: None,
             max_kept_bytes: sc.max_kept_bytes,
+            request_deadline: sc.request_deadline.map(Duration::from_millis),
             limits: wiremux_proto::server::Limits {
                 max_send_payload: MAX_PAYLOAD,
                 ..Default::default()
@@ -465,9 +473,15 @@ impl Run {
         }
         // The model: a request stopped while arriving has its frames dropped.
         if self.model.reqs[&id].state == State::Receiving {
-            let deadline = self.sc.specs[i].deadline;
+            // The earlier of its own and the server's.
             let now = self.model.now;
-            self.model.reqs.get_mut(&id).unwrap().deadline = deadline.map(|ms| (now + ms, ms));
+            let own = self.sc.specs[i].deadline.map(|ms| (now + ms, ms));
+            let server = self.sc.request_deadline.map(|ms| (now + ms, ms));
+            let deadline = match (own, server) {
+                (Some(own), Some(server)) if own.0 < server.0 => Some(own),
+                (own, server) => server.or(own),
+            };
+            self.model.reqs.get_mut(&id).unwrap().deadline = deadline;
             self.model.complete(id);
         }
     }
