@@ -1,8 +1,9 @@
 //! Property test of the request lifecycle (PROTOCOL.md section 8) over
 //! random dependency graphs of random requests, with random outcomes
 //! (body, error, stream), cancellations, deadlines (`@deadline`, the
-//! server's own per-request deadline, or both) and requests whose frames
-//! arrive in two parts, against a plain reference model.
+//! server's own per-request deadline, or both), malformed reserved
+//! arguments, a small dependency limit, and requests whose frames arrive
+//! in two parts, against a plain reference model.
 //!
 //! After every step the test checks that:
 //! - what the lifecycle runs and stops (`Event::Run` with its arguments,
@@ -59,7 +60,18 @@ struct Spec {
     /// The command-name frame first, the arguments in a later step.
     split: bool,
     outcome: Outcome,
+    /// One reserved argument the server refuses (index into `MALFORMED`).
+    malformed: Option<usize>,
 }
+
+/// Reserved arguments that are malformed or unknown, and the error each
+/// gets (PROTOCOL.md section 8). Their names never clash with the ones a
+/// spec uses otherwise (`@after`, `@use:u0`.., `@keep`, `@deadline`).
+const MALFORMED: [(&str, &str, &str); 3] = [
+    ("@use:z", "70000", "malformed @use:z: 70000"),
+    ("@frob", "1", "unknown reserved argument: @frob"),
+    ("@use:", "3", "unknown reserved argument: @use:"),
+];
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -82,6 +94,8 @@ struct Scenario {
     max_kept_bytes: usize,
     /// The server's own deadline for every request (ms), beside `@deadline`.
     request_deadline: Option<u64>,
+    /// Most IDs a request may depend on (64 unless small).
+    max_dependencies: usize,
 }
 
 fn arb_dep() -> impl Strategy<Value = Dep> {
@@ -110,15 +124,19 @@ fn arb_spec() -> impl Strategy<Value = Spec> {
         prop::option::weighted(0.3, 0u64..50),
         prop::bool::weighted(0.25),
         arb_outcome(),
+        prop::option::weighted(0.1, 0..MALFORMED.len()),
     )
-        .prop_map(|(after, uses, keep, deadline, split, outcome)| Spec {
-            after,
-            uses,
-            keep,
-            deadline,
-            split,
-            outcome,
-        })
+        .prop_map(
+            |(after, uses, keep, deadline, split, outcome, malformed)| Spec {
+                after,
+                uses,
+                keep,
+                deadline,
+                split,
+                outcome,
+                malformed,
+            },
+        )
 }
 
 fn arb_step() -> impl Strategy<Value = Step> {
@@ -137,13 +155,15 @@ fn arb_scenario() -> impl Strategy<Value = Scenario> {
         prop::collection::vec(arb_step(), 0..60),
         prop_oneof![Just(8 << 20), 0usize..300],
         prop::option::weighted(0.2, 0u64..60),
+        prop_oneof![4 => Just(64), 1 => 0usize..4],
     )
         .prop_map(
-            |(specs, steps, max_kept_bytes, request_deadline)| Scenario {
+            |(specs, steps, max_kept_bytes, request_deadline, max_dependencies)| Scenario {
                 specs,
                 steps,
                 max_kept_bytes,
                 request_deadline,
+                max_dependencies,
             },
         )
 }
@@ -200,6 +220,10 @@ fn args_of(spec: &Spec, i: usize, n: usize) -> Vec<(String, String)> {
     if let Some(ms) = spec.deadline {
         args.push(("@deadline".into(), ms.to_string()));
     }
+    if let Some(k) = spec.malformed {
+        let (name, value, _) = MALFORMED[k];
+        args.push((name.into(), value.into()));
+    }
     args
 }
 
@@ -224,6 +248,9 @@ struct MReq {
     /// `(name, dep)` for each `@use`, the dependencies in order, each once.
     uses: Vec<(String, u16)>,
     deps: Vec<u16>,
+    /// Refused when complete, with this error: a malformed reserved
+    /// argument, or too many dependencies.
+    refused: Option<String>,
     keep: bool,
     deadline: Option<(u64, u64)>,
     /// Bytes out so far; the stream's pieces given so far.
@@ -287,6 +314,9 @@ impl Model {
 
     /// The frames of a request are all in.
     fn complete(&mut self, id: u16) {
+        if let Some(message) = self.reqs[&id].refused.clone() {
+            return self.fail(id, message);
+        }
         let (deps, seq) = (self.reqs[&id].deps.clone(), self.reqs[&id].seq);
         let mut waiting = BTreeSet::new();
         for dep in deps {
@@ -401,6 +431,12 @@ impl Run {
                     deps.push(id);
                 }
             }
+            // A malformed argument is found before the dependencies are counted.
+            let refused = match spec.malformed {
+                Some(k) => Some(MALFORMED[k].2.to_string()),
+                None if deps.len() > sc.max_dependencies => Some("too many dependencies".into()),
+                None => None,
+            };
             reqs.insert(
                 req_id(i),
                 MReq {
@@ -408,6 +444,7 @@ impl Run {
                     seq: 0,
                     uses,
                     deps,
+                    refused,
                     keep: spec.keep,
                     deadline: None,
                     sent: Vec::new(),
@@ -425,6 +462,7 @@ impl Run {
             idle_timeout: None,
             max_kept_bytes: sc.max_kept_bytes,
             request_deadline: sc.request_deadline.map(Duration::from_millis),
+            max_dependencies: sc.max_dependencies,
             limits: wiremux_proto::server::Limits {
                 max_send_payload: MAX_PAYLOAD,
                 ..Default::default()
@@ -555,6 +593,7 @@ impl Run {
                 seq: 0,
                 uses: Vec::new(),
                 deps: Vec::new(),
+                refused: None,
                 keep: false,
                 deadline: None,
                 sent: Vec::new(),
