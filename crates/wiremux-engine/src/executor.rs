@@ -183,7 +183,13 @@ impl Executor {
     /// this after each frame it feeds in, so that a command complete in
     /// the middle of a read runs (and, if ready, answers) before the frames
     /// after it are taken in. Returns whether there was anything.
+    #[inline]
     pub fn run_events(&mut self, lifecycle: &mut Lifecycle, now: Instant) -> bool {
+        // Most frames (all but a request's last) leave nothing to do.
+        lifecycle.has_event() && self.run_events_now(lifecycle, now)
+    }
+
+    fn run_events_now(&mut self, lifecycle: &mut Lifecycle, now: Instant) -> bool {
         let mut any = false;
         while let Some(event) = lifecycle.poll_event() {
             any = true;

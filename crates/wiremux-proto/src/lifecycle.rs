@@ -757,6 +757,12 @@ impl Lifecycle {
         self.events.pop_front()
     }
 
+    /// Whether [`Lifecycle::poll_event`] has something.
+    #[inline]
+    pub fn has_event(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// Frames queued responses (round robin) until at least `high_water`
     /// bytes wait to be written, and gives the bytes to write. The
     /// transport writes from the front and `advance`s past what it wrote.
