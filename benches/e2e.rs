@@ -38,7 +38,10 @@
 //! written to `target/e2e-summary.txt`. Set `E2E_SUMMARY=0` to skip it and
 //! `E2E_SUMMARY_SECS` to change how long each of its runs lasts (default 1).
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+#[path = "support/raw_frame.rs"]
+mod raw_frame;
+
+use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, Throughput};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
@@ -54,7 +57,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use wiremux::engine::{Client, Config, Server};
 use wiremux::proto::builder::CommandBuilder;
-use wiremux::proto::{Flags, FrameType, Header, HEADER_LEN};
+use wiremux::proto::{Flags, FrameType};
 
 /// Bytes of data in every echo request (and response).
 const PAYLOAD: usize = 32;
@@ -150,70 +153,9 @@ fn raw_frame_server() -> SocketAddr {
         loop {
             let (stream, _) = listener.accept().await.expect("accept");
             let _ = stream.set_nodelay(true);
-            tokio::spawn(raw_frame_connection(stream));
+            tokio::spawn(raw_frame::serve(stream));
         }
     })
-}
-
-/// The raw-frame echo server: read what is there, answer every complete
-/// command in it, write all the answers at once. Only what the benchmark
-/// sends is understood: a command's last data frame (or a name frame with
-/// `eos`) completes it; other frames are skipped.
-async fn raw_frame_connection(mut stream: TcpStream) {
-    let mut rbuf = BytesMut::with_capacity(64 << 10);
-    let mut wbuf = BytesMut::with_capacity(64 << 10);
-    loop {
-        rbuf.reserve(16 << 10);
-        match stream.read_buf(&mut rbuf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        for_each_frame(&mut rbuf, |header, payload| {
-            let complete = match header.frame_type {
-                FrameType::COMMAND_DATA => header.flags.contains(Flags::DATA_EOS),
-                FrameType::COMMAND_NAME => header.flags.contains(Flags::EOS),
-                _ => false,
-            };
-            if complete {
-                let data: &[u8] = if header.frame_type == FrameType::COMMAND_DATA {
-                    payload
-                } else {
-                    &[]
-                };
-                let response = Header {
-                    length: data.len(),
-                    request_id: header.request_id,
-                    frame_type: FrameType::BYTES_RESPONSE,
-                    flags: Flags::new(Flags::DATA_EOS),
-                };
-                wbuf.put_slice(&response.to_bytes());
-                wbuf.put_slice(data);
-            }
-        });
-        if !wbuf.is_empty() {
-            if stream.write_all(&wbuf).await.is_err() {
-                return;
-            }
-            wbuf.clear();
-        }
-    }
-}
-
-/// Calls `f` with every complete frame at the front of `buf` and removes
-/// them; a partial frame stays for the next read.
-fn for_each_frame(buf: &mut BytesMut, mut f: impl FnMut(Header, &[u8])) {
-    let mut at = 0;
-    while buf.len() - at >= HEADER_LEN {
-        let head: &[u8; HEADER_LEN] = buf[at..at + HEADER_LEN].try_into().expect("six bytes");
-        let header = Header::parse(head);
-        let end = at + HEADER_LEN + header.length;
-        if end > buf.len() {
-            break;
-        }
-        f(header, &buf[at + HEADER_LEN..end]);
-        at = end;
-    }
-    buf.advance(at);
 }
 
 // ---------------------------------------------------------------------
@@ -293,7 +235,7 @@ impl RawClient {
             let read = self.stream.read_buf(&mut self.rbuf).await.expect("read");
             assert!(read > 0, "the server closed the connection");
             let now = Instant::now();
-            for_each_frame(&mut self.rbuf, |header, payload| {
+            raw_frame::for_each_frame(&mut self.rbuf, |header, payload| {
                 let id = header.request_id;
                 match header.frame_type {
                     FrameType::BYTES_RESPONSE if header.flags.contains(Flags::DATA_EOS) => {}

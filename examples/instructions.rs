@@ -9,8 +9,8 @@
 //! by 100 000 is the cost of one request, with start-up and the runtime's
 //! set-up cancelled out. SERVER is `wiremux` (the engine with the demo
 //! commands and the default configuration) or `raw` (the hand-written
-//! raw-frame echo of benches/e2e.rs). W (default 256) requests are kept in
-//! flight; figures in docs/PERFORMANCE.md.
+//! raw-frame echo of benches/support/raw_frame.rs). W (default 256)
+//! requests are kept in flight; figures in docs/PERFORMANCE.md.
 //!
 //! Both sides run on one current-thread runtime and talk through
 //! `tokio::io::duplex`, so no system call is counted and the run is the
@@ -24,11 +24,14 @@
 //! wiremux 20000 1 tcp` (instruction counts of that mode vary with how
 //! the two threads interleave).
 
-use bytes::{Buf, BufMut, BytesMut};
+#[path = "../benches/support/raw_frame.rs"]
+mod raw_frame;
+
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use wiremux::engine::Server;
 use wiremux::proto::builder::CommandBuilder;
-use wiremux::proto::{Flags, FrameType, Header, HEADER_LEN};
+use wiremux::proto::{Flags, FrameType};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -87,7 +90,7 @@ async fn serve<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(server: &str
                 .build();
             let _ = server.serve_io(io).await;
         }
-        "raw" => raw_echo(io).await,
+        "raw" => raw_frame::serve(io).await,
         other => panic!("SERVER is wiremux or raw, not {other:?}"),
     }
 }
@@ -111,7 +114,7 @@ async fn drive<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO, n: u64, w: usize)
         }
         rbuf.reserve(16 << 10);
         assert!(io.read_buf(&mut rbuf).await.expect("read") > 0, "closed");
-        for_each_frame(&mut rbuf, |header, payload| {
+        raw_frame::for_each_frame(&mut rbuf, |header, payload| {
             assert_eq!(header.frame_type, FrameType::BYTES_RESPONSE);
             assert!(header.flags.contains(Flags::DATA_EOS), "one frame");
             assert_eq!(payload.len(), 32);
@@ -119,53 +122,4 @@ async fn drive<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO, n: u64, w: usize)
             done += 1;
         });
     }
-}
-
-/// The raw-frame echo of benches/e2e.rs, over any byte stream.
-async fn raw_echo<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO) {
-    let (mut rbuf, mut wbuf) = (BytesMut::with_capacity(64 << 10), BytesMut::new());
-    loop {
-        rbuf.reserve(16 << 10);
-        match io.read_buf(&mut rbuf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        for_each_frame(&mut rbuf, |header, payload| {
-            if header.frame_type == FrameType::COMMAND_DATA
-                && header.flags.contains(Flags::DATA_EOS)
-            {
-                let response = Header {
-                    length: payload.len(),
-                    request_id: header.request_id,
-                    frame_type: FrameType::BYTES_RESPONSE,
-                    flags: Flags::new(Flags::DATA_EOS),
-                };
-                wbuf.put_slice(&response.to_bytes());
-                wbuf.put_slice(payload);
-            }
-        });
-        if !wbuf.is_empty() {
-            if io.write_all(&wbuf).await.is_err() {
-                return;
-            }
-            wbuf.clear();
-        }
-    }
-}
-
-/// Calls `f` with every complete frame at the front of `buf` and removes
-/// them; a partial frame stays for the next read.
-fn for_each_frame(buf: &mut BytesMut, mut f: impl FnMut(Header, &[u8])) {
-    let mut at = 0;
-    while buf.len() - at >= HEADER_LEN {
-        let head: &[u8; HEADER_LEN] = buf[at..at + HEADER_LEN].try_into().expect("header");
-        let header = Header::parse(head);
-        let end = at + HEADER_LEN + header.length;
-        if end > buf.len() {
-            break;
-        }
-        f(header, &buf[at + HEADER_LEN..end]);
-        at = end;
-    }
-    buf.advance(at);
 }

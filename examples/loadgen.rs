@@ -30,14 +30,17 @@
 //! against the same server in the same process run, so the ratio holds
 //! better than either figure on a busy machine.
 
-use bytes::{Buf, BufMut, BytesMut};
+#[path = "../benches/support/raw_frame.rs"]
+mod raw_frame;
+
+use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use wiremux::engine::{demo, Server};
 use wiremux::proto::builder::CommandBuilder;
-use wiremux::proto::{Flags, FrameType, Header, HEADER_LEN};
+use wiremux::proto::FrameType;
 
 const WINDOW: u16 = 256;
 
@@ -57,7 +60,7 @@ fn spawn_server(name: &str, raw: bool) -> SocketAddr {
                     loop {
                         let (s, _) = listener.accept().await.expect("accept");
                         s.set_nodelay(true).expect("nodelay");
-                        tokio::spawn(raw_echo(s));
+                        tokio::spawn(raw_frame::serve(s));
                     }
                 } else {
                     let server = Server::builder().registry(demo::registry()).build();
@@ -67,52 +70,6 @@ fn spawn_server(name: &str, raw: bool) -> SocketAddr {
         })
         .expect("server thread");
     rx.recv().expect("address")
-}
-
-/// Calls `f` with each whole frame at the front of `buf` and removes them.
-fn frames(buf: &mut BytesMut, mut f: impl FnMut(Header, &[u8])) {
-    let mut at = 0;
-    while buf.len() - at >= HEADER_LEN {
-        let header = Header::parse(buf[at..at + HEADER_LEN].try_into().expect("6 bytes"));
-        let end = at + HEADER_LEN + header.length;
-        if end > buf.len() {
-            break;
-        }
-        f(header, &buf[at + HEADER_LEN..end]);
-        at = end;
-    }
-    buf.advance(at);
-}
-
-/// The raw-frame echo server: every command's last data frame is answered
-/// with one bytes-response frame holding that data.
-async fn raw_echo(mut s: TcpStream) {
-    let (mut rbuf, mut wbuf) = (BytesMut::with_capacity(64 << 10), BytesMut::new());
-    loop {
-        rbuf.reserve(16 << 10);
-        match s.read_buf(&mut rbuf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        frames(&mut rbuf, |h, payload| {
-            if h.frame_type == FrameType::COMMAND_DATA && h.flags.contains(Flags::DATA_EOS) {
-                let head = Header {
-                    length: payload.len(),
-                    request_id: h.request_id,
-                    frame_type: FrameType::BYTES_RESPONSE,
-                    flags: Flags::new(Flags::DATA_EOS),
-                };
-                wbuf.put_slice(&head.to_bytes());
-                wbuf.put_slice(payload);
-            }
-        });
-        if !wbuf.is_empty() {
-            if s.write_all(&wbuf).await.is_err() {
-                return;
-            }
-            wbuf.clear();
-        }
-    }
 }
 
 /// The minimal closed-loop client: requests/s and CPU µs per request.
@@ -133,7 +90,7 @@ async fn minimal(addr: SocketAddr, run: Duration) -> (f64, f64) {
         wbuf.clear();
         rbuf.reserve(16 << 10);
         assert!(s.read_buf(&mut rbuf).await.expect("read") > 0, "closed");
-        frames(&mut rbuf, |h, _| {
+        raw_frame::for_each_frame(&mut rbuf, |h, _| {
             assert_eq!(h.frame_type, FrameType::BYTES_RESPONSE);
             free.push(h.request_id);
         });
