@@ -527,7 +527,8 @@ impl Lifecycle {
         }
     }
 
-    /// Every dependency has ended: substitute used results and run.
+    /// Every dependency has ended (the request is in phase `Running`
+    /// again): substitute used results and run.
     fn release(&mut self, token: Token, mut request: Request, uses: Vec<Use>) {
         let id = token.id;
         if !uses.is_empty() {
@@ -550,9 +551,6 @@ impl Lifecycle {
                 return self
                     .fail_request(id, &format!("more than {max} bytes of arguments and data"));
             }
-        }
-        if let Some(entry) = self.entries.get_mut(id) {
-            entry.phase = Phase::Running;
         }
         self.run(token, request);
     }
