@@ -671,25 +671,33 @@ impl ServerReactor {
         if self.receiving >= self.limits.max_receiving {
             return Err(ErrorKind::TooManyReceiving(self.limits.max_receiving));
         }
-        let asm = Assembler {
-            command: frame.payload,
-            phase: if have_args {
-                Phase::Arguments
-            } else {
-                Phase::Data
-            },
-            have_data,
-            args: Vec::new(),
-            partial: None,
-            data: Chunks::Empty,
-            buffered: 0,
+        let phase = if have_args {
+            Phase::Arguments
+        } else {
+            Phase::Data
         };
         let boxed = match self.spare.pop() {
+            // A spare was emptied when its request completed: only the
+            // fields a new request sets are written (assigning a whole
+            // Assembler would run the drop of every empty field first).
             Some(mut spare) => {
-                *spare = asm;
+                debug_assert!(spare.args.is_empty() && spare.partial.is_none());
+                debug_assert!(matches!(spare.data, Chunks::Empty));
+                spare.command = frame.payload;
+                spare.phase = phase;
+                spare.have_data = have_data;
+                spare.buffered = 0;
                 spare
             }
-            None => Box::new(asm),
+            None => Box::new(Assembler {
+                command: frame.payload,
+                phase,
+                have_data,
+                args: Vec::new(),
+                partial: None,
+                data: Chunks::Empty,
+                buffered: 0,
+            }),
         };
         self.slots.insert(id, Slot::Receiving(boxed));
         self.receiving += 1;
@@ -773,7 +781,11 @@ impl ServerReactor {
             data,
             deadline: None,
         };
-        if self.spare.len() < SPARE_ASSEMBLERS {
+        // Only an emptied assembler is kept (see `on_command_name`).
+        if self.spare.len() < SPARE_ASSEMBLERS
+            && asm.partial.is_none()
+            && matches!(asm.data, Chunks::Empty)
+        {
             self.spare.push(asm);
         }
         Ok(Action::RunCommand(command))
