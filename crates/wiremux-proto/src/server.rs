@@ -681,8 +681,6 @@ impl ServerReactor {
             // fields a new request sets are written (assigning a whole
             // Assembler would run the drop of every empty field first).
             Some(mut spare) => {
-                debug_assert!(spare.args.is_empty() && spare.partial.is_none());
-                debug_assert!(matches!(spare.data, Chunks::Empty));
                 spare.command = frame.payload;
                 spare.phase = phase;
                 spare.have_data = have_data;
@@ -781,11 +779,11 @@ impl ServerReactor {
             data,
             deadline: None,
         };
-        // Only an emptied assembler is kept (see `on_command_name`).
-        if self.spare.len() < SPARE_ASSEMBLERS
-            && asm.partial.is_none()
-            && matches!(asm.data, Chunks::Empty)
-        {
+        if self.spare.len() < SPARE_ASSEMBLERS {
+            // Complete, so no argument is partial and the data was taken:
+            // `on_command_name` relies on a spare being empty.
+            debug_assert!(asm.args.is_empty() && asm.partial.is_none());
+            debug_assert!(matches!(asm.data, Chunks::Empty));
             self.spare.push(asm);
         }
         Ok(Action::RunCommand(command))

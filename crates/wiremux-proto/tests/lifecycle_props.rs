@@ -1132,12 +1132,7 @@ proptest! {
 
     #[test]
     fn the_lifecycle_agrees_with_the_model(sc in arb_scenario()) {
-        let steps = sc.steps.clone();
-        let mut run = Run::new(sc);
-        for step in &steps {
-            run.step(step);
-        }
-        run.finish();
+        run_scenario(sc);
     }
 }
 
