@@ -28,7 +28,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
-use wiremux_proto::codec::Truncation;
+use wiremux_proto::codec::{FrameRun, Truncation};
 use wiremux_proto::lifecycle::Lifecycle;
 use wiremux_proto::{CodecError, FrameCodec};
 
@@ -59,6 +59,8 @@ pub(crate) struct Connection<IO> {
     lifecycle: Lifecycle,
     executor: Executor,
     rbuf: BytesMut,
+    /// Whole frames already split off `rbuf`, not yet fed in.
+    run: FrameRun,
     needs_flush: bool,
     read_state: ReadState,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -82,6 +84,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             lifecycle: Lifecycle::new(config.lifecycle()),
             executor: Executor::new(shared.clone(), granted),
             rbuf: BytesMut::new(),
+            run: FrameRun::default(),
             needs_flush: false,
             read_state: ReadState::Open,
             shutdown: Box::pin(shared.shutdown.clone().cancelled_owned()),
@@ -111,7 +114,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             let now = tokio::time::Instant::now().into_std();
             let reading = self.may_read();
             self.lifecycle
-                .set_input(reading, !self.rbuf.is_empty(), now);
+                .set_input(reading, !self.rbuf.is_empty() || !self.run.is_empty(), now);
             let room = self.has_room();
             let mut progress = self.executor.drive(&mut self.lifecycle, cx, now, room);
             self.check_lifecycle();
@@ -260,7 +263,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     fn poll_read(&mut self, cx: &mut Context<'_>, now: std::time::Instant) -> io::Result<bool> {
         let mut progress = false;
         while self.may_read() {
-            match self.codec.decode_frame(&mut self.rbuf) {
+            match self.codec.decode_batched(&mut self.run, &mut self.rbuf) {
                 Ok(Some(frame)) => {
                     progress = true;
                     self.lifecycle.on_frame(frame, now);

@@ -204,30 +204,29 @@ struct Kept {
     len: usize,
 }
 
-/// A bit per odd request ID.
+/// How the last request on each odd ID ended, two bits per ID (ended at
+/// all, failed), 64 IDs to a pair of words: what a later `@after` or
+/// `@use` of the ID finds.
 #[derive(Debug, Default)]
-struct IdBits(Vec<u64>);
+struct Outcomes(Vec<[u64; 2]>);
 
-impl IdBits {
-    fn get(&self, id: u16) -> bool {
+impl Outcomes {
+    /// `None` if no request on `id` has ended, else whether the last failed.
+    fn get(&self, id: u16) -> Option<bool> {
         let i = usize::from(id >> 1);
-        self.0.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1)
+        let [ended, failed] = *self.0.get(i / 64)?;
+        (ended >> (i % 64) & 1 == 1).then_some(failed >> (i % 64) & 1 == 1)
     }
 
-    fn set(&mut self, id: u16, on: bool) {
+    #[inline]
+    fn set(&mut self, id: u16, failed: bool) {
         let i = usize::from(id >> 1);
         if self.0.len() <= i / 64 {
-            if !on {
-                return;
-            }
-            self.0.resize(i / 64 + 1, 0);
+            self.0.resize(i / 64 + 1, [0, 0]);
         }
-        let bit = 1u64 << (i % 64);
-        if on {
-            self.0[i / 64] |= bit;
-        } else {
-            self.0[i / 64] &= !bit;
-        }
+        let (words, bit) = (&mut self.0[i / 64], i % 64);
+        words[0] |= 1 << bit;
+        words[1] = words[1] & !(1 << bit) | u64::from(failed) << bit;
     }
 }
 
@@ -241,8 +240,7 @@ pub struct Lifecycle {
     entries: IdTable<Entry>,
     next_seq: u32,
     /// Which odd IDs have had a request end, and whether it failed.
-    used: IdBits,
-    failed: IdBits,
+    outcomes: Outcomes,
     kept: IdMap<Bytes>,
     kept_bytes: usize,
     /// Requests that ended while others were still arriving, with the
@@ -275,8 +273,7 @@ impl Lifecycle {
             config,
             entries: IdTable::default(),
             next_seq: 0,
-            used: IdBits::default(),
-            failed: IdBits::default(),
+            outcomes: Outcomes::default(),
             kept: IdMap::default(),
             kept_bytes: 0,
             ended_while_receiving: IdMap::default(),
@@ -500,8 +497,8 @@ impl Lifecycle {
 
     /// Where dependency `dep` of request `id` (begun as `seq`) stands.
     fn dependency_state(&self, dep: u16, id: u16, seq: u32) -> DepState {
-        // Even IDs are never client requests (and share their bit in
-        // `used`/`failed` with the odd ID above them).
+        // Even IDs are never client requests (and share their bits in
+        // `outcomes` with the odd ID above them).
         if dep == id || dep % 2 == 0 {
             return DepState::Unknown;
         }
@@ -518,12 +515,10 @@ impl Lifecycle {
                 return DepState::Unknown;
             }
         }
-        if !self.used.get(dep) {
-            DepState::Unknown
-        } else if self.failed.get(dep) {
-            DepState::Failed
-        } else {
-            DepState::Ended
+        match self.outcomes.get(dep) {
+            None => DepState::Unknown,
+            Some(true) => DepState::Failed,
+            Some(false) => DepState::Ended,
         }
     }
 
@@ -809,8 +804,7 @@ impl Lifecycle {
     fn ended(&mut self, id: u16, how: End) {
         let entry = self.entries.remove(id);
         self.reactor.on_response_finished(id);
-        self.used.set(id, true);
-        self.failed.set(id, how == End::Failed);
+        self.outcomes.set(id, how == End::Failed);
         match how {
             End::Ok => self.counters.requests_completed += 1,
             End::Failed => self.counters.requests_failed += 1,
