@@ -540,26 +540,37 @@ impl ServerReactor {
         if self.errored {
             return self.fail_connection(frame.request_id, ErrorKind::AlreadyErrored);
         }
-        let (id, frame_type, flags) = (frame.request_id, frame.frame_type, frame.flags);
-        let result = match frame.frame_type {
+        // Each branch builds the action in place: most frames are a
+        // request going on or complete, and the ~120-byte action is not
+        // copied out of a `Result` on their way.
+        match frame.frame_type {
             FrameType::COMMAND_NAME => self.on_command_name(frame),
-            t if !t.is_known() => Err(ErrorKind::UnknownFrameType(t.get())),
-            _ => self.on_continuing_frame(frame),
-        };
-        match result {
-            Ok(action) => action,
-            Err(kind) if kind.scope() == Scope::Connection => self.fail_connection(id, kind),
-            Err(kind) => {
-                self.discard(id, frame_type, flags);
-                if let Err(flood) = self.flood.on_request_error() {
-                    return self.fail_connection(id, flood);
-                }
-                Action::Error(ReactorError {
-                    request_id: id,
-                    kind,
-                })
+            t if !t.is_known() => {
+                let kind = ErrorKind::UnknownFrameType(t.get());
+                self.refuse(frame.request_id, t, frame.flags, kind)
             }
+            _ => self.on_continuing_frame(frame),
         }
+    }
+
+    /// The frame of `frame_type` and `flags` for request `id` is refused
+    /// with `kind`: the connection fails, or (a request-level error) the
+    /// request ends and its later frames are dropped, unless that is one
+    /// request error too many.
+    #[cold]
+    #[inline(never)]
+    fn refuse(&mut self, id: u16, frame_type: FrameType, flags: Flags, kind: ErrorKind) -> Action {
+        if kind.scope() == Scope::Connection {
+            return self.fail_connection(id, kind);
+        }
+        self.discard(id, frame_type, flags);
+        if let Err(flood) = self.flood.on_request_error() {
+            return self.fail_connection(id, flood);
+        }
+        Action::Error(ReactorError {
+            request_id: id,
+            kind,
+        })
     }
 
     /// Tells the reactor that a request ended cancelled, for the flood
@@ -632,44 +643,43 @@ impl ServerReactor {
         }
     }
 
-    fn on_command_name(&mut self, frame: Frame) -> Result<Action, ErrorKind> {
-        let id = frame.request_id;
+    fn on_command_name(&mut self, frame: Frame) -> Action {
+        let (id, flags) = (frame.request_id, frame.flags);
+        let refuse = |this: &mut Self, kind| this.refuse(id, FrameType::COMMAND_NAME, flags, kind);
         if id % 2 == 0 {
-            return Err(ErrorKind::EvenRequestId);
+            return refuse(self, ErrorKind::EvenRequestId);
         }
         match self.slots.get(id) {
-            Some(Slot::Receiving(_)) => return Err(ErrorKind::IdStillReceiving),
-            Some(Slot::Active) => return Err(ErrorKind::IdStillActive),
+            Some(Slot::Receiving(_)) => return refuse(self, ErrorKind::IdStillReceiving),
+            Some(Slot::Active) => return refuse(self, ErrorKind::IdStillActive),
             Some(Slot::Discarding { .. }) | None => {}
         }
         self.flood.on_request_started();
-        let flags = frame.flags.bits();
-        let (have_args, have_data) = match flags {
+        let (have_args, have_data) = match flags.bits() {
             Flags::EOS => (false, false),
             f if f != 0 && f & !(Flags::HAVE_ARGS | Flags::HAVE_DATA) == 0 => {
                 (f & Flags::HAVE_ARGS != 0, f & Flags::HAVE_DATA != 0)
             }
             _ => {
                 self.slots.remove(id);
-                return Err(ErrorKind::BadCommandFlags(format_flags(
-                    FrameType::COMMAND_NAME,
-                    frame.flags,
-                )));
+                let flags = format_flags(FrameType::COMMAND_NAME, flags);
+                return refuse(self, ErrorKind::BadCommandFlags(flags));
             }
         };
         if !have_args && !have_data {
             self.slots.insert(id, Slot::Active);
             self.active += 1;
-            return Ok(Action::RunCommand(Request {
+            return Action::RunCommand(Request {
                 request_id: id,
                 name: frame.payload,
                 args: Vec::new(),
                 data: None,
                 deadline: None,
-            }));
+            });
         }
         if self.receiving >= self.limits.max_receiving {
-            return Err(ErrorKind::TooManyReceiving(self.limits.max_receiving));
+            let max = self.limits.max_receiving;
+            return refuse(self, ErrorKind::TooManyReceiving(max));
         }
         let phase = if have_args {
             Phase::Arguments
@@ -699,43 +709,51 @@ impl ServerReactor {
         };
         self.slots.insert(id, Slot::Receiving(boxed));
         self.receiving += 1;
-        Ok(self.want())
+        self.want()
     }
 
     /// An argument, data or other known frame for a request already started.
-    fn on_continuing_frame(&mut self, frame: Frame) -> Result<Action, ErrorKind> {
-        let id = frame.request_id;
+    fn on_continuing_frame(&mut self, frame: Frame) -> Action {
+        let (id, frame_type, flags) = (frame.request_id, frame.frame_type, frame.flags);
+        let refuse = |this: &mut Self, kind| this.refuse(id, frame_type, flags, kind);
         let asm = match self.slots.get_mut(id) {
-            None => return Err(ErrorKind::UnknownRequest(frame.frame_type)),
-            Some(Slot::Active) => return Err(ErrorKind::RequestComplete(frame.frame_type)),
+            None => return refuse(self, ErrorKind::UnknownRequest(frame_type)),
+            Some(Slot::Active) => return refuse(self, ErrorKind::RequestComplete(frame_type)),
             Some(Slot::Discarding { have_data, dropped }) => {
                 *dropped += HEADER_LEN + frame.payload.len();
                 if *dropped > self.limits.max_discard_bytes {
-                    return Err(ErrorKind::DiscardLimit(self.limits.max_discard_bytes));
+                    let max = self.limits.max_discard_bytes;
+                    return refuse(self, ErrorKind::DiscardLimit(max));
                 }
-                if is_last_frame(frame.frame_type, frame.flags, *have_data) {
+                if is_last_frame(frame_type, flags, *have_data) {
                     self.slots.remove(id);
                 }
-                return Ok(Action::Noop);
+                return Action::Noop;
             }
             Some(Slot::Receiving(asm)) => asm,
         };
         let len = frame.payload.len();
         if asm.buffered + len > self.limits.max_request_bytes {
-            return Err(ErrorKind::RequestTooLarge(self.limits.max_request_bytes));
+            let max = self.limits.max_request_bytes;
+            return refuse(self, ErrorKind::RequestTooLarge(max));
         }
         if self.buffered + len > self.limits.max_connection_bytes {
-            return Err(ErrorKind::ConnectionBufferFull(
-                self.limits.max_connection_bytes,
-            ));
+            let max = self.limits.max_connection_bytes;
+            return refuse(self, ErrorKind::ConnectionBufferFull(max));
         }
         let mut whole_data = None;
-        let complete = match (frame.frame_type, asm.phase) {
+        let complete = match (frame_type, asm.phase) {
             (FrameType::COMMAND_ARGUMENT, Phase::Arguments) => {
-                asm.on_argument(frame, self.limits.max_args)?
+                match asm.on_argument(frame, self.limits.max_args) {
+                    Ok(complete) => complete,
+                    Err(kind) => return refuse(self, kind),
+                }
             }
             (FrameType::COMMAND_DATA, Phase::Data) => {
-                let eos = data_eos(frame.flags)?;
+                let eos = match data_eos(flags) {
+                    Ok(eos) => eos,
+                    Err(kind) => return refuse(self, kind),
+                };
                 if eos && matches!(asm.data, Chunks::Empty) {
                     // All the data in one frame, the common case: it goes
                     // straight into the command, not through the assembler.
@@ -750,16 +768,16 @@ impl ServerReactor {
                     Phase::Arguments => "command-argument",
                     Phase::Data => "command-data",
                 };
-                return Err(ErrorKind::UnexpectedFrame { got, expected });
+                return refuse(self, ErrorKind::UnexpectedFrame { got, expected });
             }
         };
         asm.buffered += len;
         self.buffered += len;
         if !complete {
             // This request is still receiving, so that is the state.
-            return Ok(Action::WantFrame {
+            return Action::WantFrame {
                 state: State::CommandReceiving,
-            });
+            };
         }
         let Some(Slot::Receiving(mut asm)) = self.slots.insert(id, Slot::Active) else {
             unreachable!("slot was receiving")
@@ -786,7 +804,7 @@ impl ServerReactor {
             debug_assert!(matches!(asm.data, Chunks::Empty));
             self.spare.push(asm);
         }
-        Ok(Action::RunCommand(command))
+        Action::RunCommand(command)
     }
 
     /// Stops a request whose frames are still arriving (it was cancelled):
