@@ -419,19 +419,44 @@ impl Lifecycle {
         }
     }
 
-    /// A request's frames are all here: take its reserved arguments, set
-    /// its deadline, and run it, hold it, or fail it.
-    fn on_complete(&mut self, mut request: Request, now: Instant) {
-        let id = request.request_id;
+    /// A request's frames are all here: run it, or (with reserved
+    /// arguments, a deadline or a reserved name) take the slow path.
+    #[inline]
+    fn on_complete(&mut self, request: Request, now: Instant) {
+        let plain = self.config.request_deadline.is_none()
+            && request.name.first() != Some(&b'@')
+            && !schedule::has_reserved(&request);
+        if !plain {
+            return self.on_complete_reserved(request, now);
+        }
+        // Most requests: nothing to take out, wait for or answer here.
+        if let Some(token) = self.take_in(request.request_id, now) {
+            self.events.push_back(Event::Run(token, request));
+        }
+    }
+
+    /// A complete request is taken in: it is running from now on.
+    #[inline]
+    fn take_in(&mut self, id: u16, now: Instant) -> Option<Token> {
         if self.reactor.receiving() > 0 {
             self.assembly_since = Some(now);
         }
         self.counters.requests_started += 1;
-        let Some(entry) = self.entries.get_mut(id) else {
+        let entry = self.entries.get_mut(id)?;
+        entry.phase = Phase::Running;
+        Some(Token { id, seq: entry.seq })
+    }
+
+    /// [`Lifecycle::on_complete`] for a request that may have reserved
+    /// arguments or a deadline: take the arguments, set the deadline, and
+    /// run it, hold it, or fail it.
+    #[inline(never)]
+    fn on_complete_reserved(&mut self, mut request: Request, now: Instant) {
+        let id = request.request_id;
+        let Some(Token { seq, .. }) = self.take_in(id, now) else {
             return;
         };
-        entry.phase = Phase::Running;
-        let seq = entry.seq;
+        let entry = self.entries.get_mut(id).expect("taken in");
         let reserved = match schedule::take_reserved(&mut request, self.config.max_dependencies) {
             Ok(reserved) => reserved,
             Err(message) => return self.fail_request(id, &message),

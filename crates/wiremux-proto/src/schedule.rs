@@ -68,6 +68,12 @@ impl Reserved {
     }
 }
 
+/// Whether any of the request's arguments has a reserved name.
+#[inline]
+pub fn has_reserved(request: &Request) -> bool {
+    request.args.iter().any(|(name, _)| name.starts_with(b"@"))
+}
+
 /// Takes the reserved arguments out of `request`. `Ok(None)` when it has
 /// none (the request is untouched); `Err` with the request-level error
 /// text of section 8 when one is unknown or malformed, or when the
@@ -76,7 +82,7 @@ pub fn take_reserved(
     request: &mut Request,
     max_dependencies: usize,
 ) -> Result<Option<Reserved>, String> {
-    if !request.args.iter().any(|(name, _)| name.starts_with(b"@")) {
+    if !has_reserved(request) {
         return Ok(None);
     }
     let mut reserved = Reserved::default();
