@@ -314,6 +314,28 @@ pub fn encode_bytes_response(
     });
 }
 
+/// Appends one final (`eos`) bytes-response frame carrying all of `data`,
+/// which must fit one frame (at most the sender's payload limit): what
+/// [`encode_bytes_response`] writes for such a body, without the loop.
+///
+/// ```
+/// let mut out = bytes::BytesMut::new();
+/// wiremux_proto::builder::encode_final_bytes_frame(5, b"ok", &mut out);
+/// assert_eq!(&out[..], b"\x02\x00\x00\x05\x00\x42ok");
+/// ```
+#[inline]
+pub fn encode_final_bytes_frame(request_id: u16, data: &[u8], dst: &mut BytesMut) {
+    let header = Header {
+        length: data.len(),
+        request_id,
+        frame_type: FrameType::BYTES_RESPONSE,
+        flags: Flags::new(Flags::DATA_EOS),
+    };
+    dst.reserve(HEADER_LEN + data.len());
+    dst.put_slice(&header.to_bytes());
+    dst.put_slice(data);
+}
+
 /// Whether an error response is about the protocol or the application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorFlag {
@@ -594,5 +616,21 @@ mod tests {
         );
         let f = error_response_frame(1, ErrorFlag::Protocol, "é", 1);
         assert_eq!(format_frame(&f), "1 error-response protocol ");
+    }
+
+    proptest::proptest! {
+        /// The one-frame encoder writes what the general one writes for a
+        /// body that fits one frame.
+        #[test]
+        fn the_final_frame_encoder_agrees_with_the_general_one(
+            id in proptest::prelude::any::<u16>(),
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            room in 0usize..100,
+        ) {
+            let (mut one, mut general) = (BytesMut::new(), BytesMut::new());
+            encode_final_bytes_frame(id, &body, &mut one);
+            encode_bytes_response(id, &body, true, body.len().max(1) + room, &mut general);
+            proptest::prop_assert_eq!(one, general);
+        }
     }
 }

@@ -38,7 +38,9 @@
 //! assert_eq!(queue.take_ended(), [(3, End::Ok), (1, End::Ok)]);
 //! ```
 
-use crate::builder::{encode_bytes_response, error_response_frame, ErrorFlag};
+use crate::builder::{
+    encode_bytes_response, encode_final_bytes_frame, error_response_frame, ErrorFlag,
+};
 use crate::IdMap;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -164,7 +166,7 @@ impl SendQueue {
             && self.may_send(id)
             && (self.pending.is_empty() || !self.pending.contains_key(&id));
         if now {
-            encode_bytes_response(id, body, true, self.max_payload, &mut self.out);
+            encode_final_bytes_frame(id, body, &mut self.out);
             self.frames_out += 1;
         }
         now
