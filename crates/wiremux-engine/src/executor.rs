@@ -266,6 +266,7 @@ impl Executor {
 
     /// The outcome of a command known at its start (most commands): a
     /// whole answer needs no record of the run at all.
+    #[inline]
     fn at_once(
         &mut self,
         lifecycle: &mut Lifecycle,

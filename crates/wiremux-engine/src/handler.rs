@@ -358,6 +358,7 @@ impl Registry {
 
     /// [`Registry::start`], and the command's stats row (`None`: not a
     /// registered command, or a registry not in a server).
+    #[inline]
     pub(crate) fn start_counted(
         &self,
         request: Request,
