@@ -790,13 +790,8 @@ impl ServerReactor {
         } else {
             None
         };
-        let command = Request {
-            request_id: id,
-            name: std::mem::take(&mut asm.command),
-            args: std::mem::take(&mut asm.args),
-            data,
-            deadline: None,
-        };
+        let name = std::mem::take(&mut asm.command);
+        let args = std::mem::take(&mut asm.args);
         if self.spare.len() < SPARE_ASSEMBLERS {
             // Complete, so no argument is partial and the data was taken:
             // `on_command_name` relies on a spare being empty.
@@ -804,7 +799,13 @@ impl ServerReactor {
             debug_assert!(matches!(asm.data, Chunks::Empty));
             self.spare.push(asm);
         }
-        Action::RunCommand(command)
+        Action::RunCommand(Request {
+            request_id: id,
+            name,
+            args,
+            data,
+            deadline: None,
+        })
     }
 
     /// Stops a request whose frames are still arriving (it was cancelled):
