@@ -767,6 +767,75 @@ fn a_held_request_holds_its_id() {
     );
 }
 
+/// Frames for a request whose frames are all in, and that is not
+/// answered yet, get the reactor's refusals word for word; once it is
+/// answered its ID is free.
+#[test]
+fn frames_for_a_running_request_are_refused() {
+    for (late, error) in [
+        (
+            "1 command-data eos x",
+            "1 error-response protocol request 1: command-data frame for a request whose command is already complete",
+        ),
+        (
+            "1 command-argument eoa x",
+            "1 error-response protocol request 1: command-argument frame for a request whose command is already complete",
+        ),
+        (
+            "1 command-name eos echo",
+            "1 error-response protocol request 1: command-name frame for an ID whose command is still running",
+        ),
+    ] {
+        let mut c = Conn::new();
+        c.frame("1 command-name have-data sleep");
+        c.frame("1 command-data eos 5");
+        assert_lines!(c.events(), ["run 1 sleep data(5)"]);
+        assert_eq!(c.lc.executing(), 1);
+        c.frame(late);
+        assert!(c.lc.is_failed(), "{late}");
+        assert_lines!(c.out(), [error]);
+    }
+    let mut c = Conn::new();
+    c.cmd(1, "echo");
+    c.events();
+    c.body(1, "a");
+    assert_eq!(c.lc.executing(), 0);
+    c.frame("1 command-data eos x");
+    assert_lines!(
+        c.out(),
+        [
+            "1 bytes-response eos a",
+            "1 error-response protocol request 1: command-data frame for a request that was never started"
+        ]
+    );
+}
+
+/// A request refused while its frames were arriving was never complete:
+/// its later frames are dropped, even while its error waits its turn (in
+/// order), and a frame after its last one is one of a request never
+/// started.
+#[test]
+fn frames_of_a_request_refused_while_arriving_are_dropped_not_refused() {
+    let mut c = Conn::with(LifecycleConfig {
+        in_order: true,
+        ..LifecycleConfig::default()
+    });
+    c.cmd(1, "sleep");
+    c.frame("3 command-name have-data echo");
+    c.frame("3 command-data 0 x");
+    c.frame("3 command-data eos y");
+    assert!(!c.lc.is_failed(), "its last frame is dropped");
+    assert_eq!(c.lc.in_flight(), 2, "its error waits behind 1's answer");
+    c.frame("3 command-data eos z");
+    assert!(c.lc.is_failed());
+    assert_lines!(
+        c.out(),
+        [
+            "3 error-response protocol request 3: command-data frame for a request that was never started"
+        ]
+    );
+}
+
 // ------------------------------------------------------------ 8.4 @keep, @use
 
 #[test]
