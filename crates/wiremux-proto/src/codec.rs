@@ -279,11 +279,6 @@ impl FrameRun {
         self.bytes.is_empty()
     }
 
-    /// Bytes of the frames waiting here.
-    pub fn len(&self) -> usize {
-        self.bytes.len()
-    }
-
     /// The next frame; the run holds whole frames only. The last one takes
     /// what is left of the run, with no reference count of its own.
     #[inline]
