@@ -266,7 +266,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             match self.codec.decode_batched(&mut self.run, &mut self.rbuf) {
                 Ok(Some(frame)) => {
                     progress = true;
-                    self.lifecycle.on_frame(frame, now);
+                    // A command in two frames read together is taken in
+                    // one step: its name frame starts nothing to run.
+                    self.lifecycle.on_frame_in_run(frame, &mut self.run, now);
                     self.executor.run_events(&mut self.lifecycle, now);
                     if self.lifecycle.is_failed() {
                         self.check_lifecycle();

@@ -17,6 +17,7 @@ use futures::Stream;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use wiremux_engine::{Executor, Permission, Server};
+use wiremux_proto::codec::FrameRun;
 use wiremux_proto::lifecycle::Lifecycle;
 use wiremux_proto::FrameCodec;
 
@@ -42,10 +43,10 @@ impl Responses {
         lifecycle_config.idle_timeout = None;
         let mut lifecycle = Lifecycle::new(lifecycle_config);
         let mut codec = FrameCodec::new().max_recv_payload(config.max_recv_payload);
-        let mut input = BytesMut::from(&body[..]);
+        let (mut input, mut run) = (BytesMut::from(&body[..]), FrameRun::default());
         let now = tokio::time::Instant::now().into_std();
-        while let Ok(Some(frame)) = codec.decode_frame_eof(&mut input) {
-            lifecycle.on_frame(frame, now);
+        while let Ok(Some(frame)) = codec.decode_batched(&mut run, &mut input) {
+            lifecycle.on_frame_in_run(frame, &mut run, now);
         }
         lifecycle.on_input_eof(now);
         Responses {

@@ -22,7 +22,7 @@
 //! assert_eq!(&frame.payload[..], b"customreadonly");
 //! ```
 
-use crate::frame::{Frame, Header, HEADER_LEN, MAX_WIRE_PAYLOAD};
+use crate::frame::{Flags, Frame, FrameType, Header, HEADER_LEN, MAX_WIRE_PAYLOAD};
 use bytes::{Buf, Bytes, BytesMut};
 
 /// Default largest payload a receiver accepts (PROTOCOL.md §1).
@@ -277,6 +277,43 @@ impl FrameRun {
     /// Whether no frame waits here.
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
+    }
+
+    /// The data frame that completes `name` when it comes next: `name` is
+    /// a command-name frame announcing data and no arguments (flags
+    /// `have-data` alone), and the next frame of the run is a command-data
+    /// frame of the same request with `eos` alone. Such a pair is the whole
+    /// of most small commands, and
+    /// [`Lifecycle::on_name_and_data`](crate::lifecycle::Lifecycle::on_name_and_data)
+    /// takes it in one step. `None`, with the run unchanged, otherwise.
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use wiremux_proto::codec::{FrameCodec, FrameRun};
+    ///
+    /// // 1 command-name have-data echo, 1 command-data eos hi
+    /// let wire = b"\x04\x00\x00\x01\x00\x14echo\x02\x00\x00\x01\x00\x32hi";
+    /// let (mut codec, mut run) = (FrameCodec::new(), FrameRun::default());
+    /// let mut buf = BytesMut::from(&wire[..]);
+    /// let name = codec.decode_batched(&mut run, &mut buf).unwrap().unwrap();
+    /// let data = run.take_sole_data(&name).unwrap();
+    /// assert_eq!((&name.payload[..], &data.payload[..]), (&b"echo"[..], &b"hi"[..]));
+    /// assert!(run.is_empty());
+    /// ```
+    #[inline]
+    pub fn take_sole_data(&mut self, name: &Frame) -> Option<Frame> {
+        if name.frame_type != FrameType::COMMAND_NAME || name.flags.bits() != Flags::HAVE_DATA {
+            return None;
+        }
+        let header = Header::parse(self.bytes.first_chunk::<HEADER_LEN>()?);
+        let completes = header.request_id == name.request_id
+            && header.frame_type == FrameType::COMMAND_DATA
+            && header.flags.bits() == Flags::DATA_EOS;
+        if completes {
+            self.next_frame()
+        } else {
+            None
+        }
     }
 
     /// The next frame; the run holds whole frames only. The last one takes

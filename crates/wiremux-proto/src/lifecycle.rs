@@ -43,6 +43,7 @@
 //! ```
 
 use crate::builder::{error_response_frame, ErrorFlag};
+use crate::codec::FrameRun;
 use crate::frame::{Frame, FrameType};
 use crate::schedule::{self, Reserved};
 use crate::send::{End, SendQueue};
@@ -337,6 +338,54 @@ impl Lifecycle {
         self.process_ended();
         if self.reactor.receiving() == 0 && !self.ended_while_receiving.is_empty() {
             // Every request begun before those ended is complete.
+            self.ended_while_receiving.clear();
+        }
+    }
+
+    /// Takes `frame`, decoded from `run`, and with it the next frame of
+    /// `run` when the two are a whole command (see
+    /// [`Lifecycle::on_name_and_data`]): how a transport that decodes with
+    /// [`FrameCodec::decode_batched`](crate::FrameCodec::decode_batched)
+    /// feeds its frames.
+    #[inline]
+    pub fn on_frame_in_run(&mut self, frame: Frame, run: &mut FrameRun, now: Instant) {
+        match run.take_sole_data(&frame) {
+            Some(data) => self.on_name_and_data(frame, data, now),
+            None => self.on_frame(frame, now),
+        }
+    }
+
+    /// Takes a command-name frame and the data frame that completes it,
+    /// as [`FrameRun::take_sole_data`](crate::codec::FrameRun::take_sole_data)
+    /// pairs them: the same as [`Lifecycle::on_frame`] with each in turn,
+    /// in one step for the common case of a request in two frames.
+    pub fn on_name_and_data(&mut self, name: Frame, data: Frame, now: Instant) {
+        debug_assert_eq!(name.request_id, data.request_id);
+        let id = name.request_id;
+        // An entry here is a request the reactor knows (refused below) or
+        // an error still queued (refused by `on_frame`).
+        if self.errored
+            || self.entries.get(id).is_some()
+            || !self.reactor.start_whole(id, data.payload.len())
+        {
+            self.on_frame(name, now);
+            return self.on_frame(data, now);
+        }
+        self.counters.frames_in += 2;
+        self.idle_since = None;
+        self.begin(id);
+        self.on_complete(
+            Request {
+                request_id: id,
+                name: name.payload,
+                args: Vec::new(),
+                data: Some(data.payload),
+                deadline: None,
+            },
+            now,
+        );
+        self.process_ended();
+        if self.reactor.receiving() == 0 && !self.ended_while_receiving.is_empty() {
             self.ended_while_receiving.clear();
         }
     }

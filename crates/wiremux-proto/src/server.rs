@@ -808,6 +808,33 @@ impl ServerReactor {
         })
     }
 
+    /// Starts request `id` whose command-name frame (flags `have-data`
+    /// alone) and sole data frame (`eos` alone, `data_len` payload bytes)
+    /// arrived one after the other, if the reactor would accept both:
+    /// the request is recorded as running, exactly as [`ServerReactor::on_frame`]
+    /// would leave it after the two frames, and `true` says the caller
+    /// runs it (name and data are the two payloads, no arguments). `false`,
+    /// with nothing changed, when either frame would be refused: feed them
+    /// to [`ServerReactor::on_frame`] instead, for the error.
+    ///
+    /// No assembler is set up for such a request, and its bytes never
+    /// count as buffered: nothing can happen between its two frames.
+    #[inline]
+    pub fn start_whole(&mut self, id: u16, data_len: usize) -> bool {
+        let accepted = !self.errored
+            && id % 2 == 1
+            && matches!(self.slots.get(id), None | Some(Slot::Discarding { .. }))
+            && self.receiving < self.limits.max_receiving
+            && data_len <= self.limits.max_request_bytes
+            && self.buffered + data_len <= self.limits.max_connection_bytes;
+        if accepted {
+            self.flood.on_request_started();
+            self.slots.insert(id, Slot::Active);
+            self.active += 1;
+        }
+        accepted
+    }
+
     /// Stops a request whose frames are still arriving (it was cancelled):
     /// its buffers are freed and its later frames dropped, as after a
     /// request-level error. `false` if it was not receiving.
