@@ -22,7 +22,7 @@
 //! assert_eq!(&frame.payload[..], b"customreadonly");
 //! ```
 
-use crate::frame::{Flags, Frame, FrameType, Header, HEADER_LEN, MAX_WIRE_PAYLOAD};
+use crate::frame::{Frame, Header, HEADER_LEN, MAX_WIRE_PAYLOAD};
 use bytes::{Buf, Bytes, BytesMut};
 
 /// Default largest payload a receiver accepts (PROTOCOL.md §1).
@@ -302,14 +302,8 @@ impl FrameRun {
     /// ```
     #[inline]
     pub fn take_sole_data(&mut self, name: &Frame) -> Option<Frame> {
-        if name.frame_type != FrameType::COMMAND_NAME || name.flags.bits() != Flags::HAVE_DATA {
-            return None;
-        }
-        let header = Header::parse(self.bytes.first_chunk::<HEADER_LEN>()?);
-        let completes = header.request_id == name.request_id
-            && header.frame_type == FrameType::COMMAND_DATA
-            && header.flags.bits() == Flags::DATA_EOS;
-        if completes {
+        let next = Header::parse(self.bytes.first_chunk::<HEADER_LEN>()?);
+        if next.is_sole_data_of(&name.header()) {
             self.next_frame()
         } else {
             None

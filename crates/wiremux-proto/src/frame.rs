@@ -193,6 +193,20 @@ impl Header {
         }
     }
 
+    /// Whether this frame completes the request `name` began, on its own:
+    /// `name` is a command-name frame announcing data and no arguments
+    /// (`have-data` alone) and this is a command-data frame of the same
+    /// request with `eos` alone. Such a pair is the whole of most small
+    /// commands.
+    #[inline]
+    pub(crate) fn is_sole_data_of(&self, name: &Header) -> bool {
+        name.frame_type == FrameType::COMMAND_NAME
+            && name.flags.bits() == Flags::HAVE_DATA
+            && self.request_id == name.request_id
+            && self.frame_type == FrameType::COMMAND_DATA
+            && self.flags.bits() == Flags::DATA_EOS
+    }
+
     /// The six header bytes.
     ///
     /// # Panics

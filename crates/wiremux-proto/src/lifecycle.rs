@@ -355,18 +355,16 @@ impl Lifecycle {
         }
     }
 
-    /// Takes a command-name frame and the data frame that completes it,
-    /// as [`FrameRun::take_sole_data`](crate::codec::FrameRun::take_sole_data)
-    /// pairs them: the same as [`Lifecycle::on_frame`] with each in turn,
-    /// in one step for the common case of a request in two frames.
+    /// Takes two frames that arrived one after the other: the same as
+    /// [`Lifecycle::on_frame`] with each in turn, in one step when they are
+    /// a command-name frame and the data frame that completes it (as
+    /// [`FrameRun::take_sole_data`] pairs them), the common case of a
+    /// request in two frames.
     pub fn on_name_and_data(&mut self, name: Frame, data: Frame, now: Instant) {
-        debug_assert_eq!(name.request_id, data.request_id);
         let id = name.request_id;
         // An entry here is a request the reactor knows (refused below) or
         // an error still queued (refused by `on_frame`).
-        if self.errored
-            || self.entries.get(id).is_some()
-            || !self.reactor.start_whole(id, data.payload.len())
+        if self.errored || self.entries.get(id).is_some() || !self.reactor.start_whole(&name, &data)
         {
             self.on_frame(name, now);
             return self.on_frame(data, now);

@@ -808,20 +808,23 @@ impl ServerReactor {
         })
     }
 
-    /// Starts request `id` whose command-name frame (flags `have-data`
-    /// alone) and sole data frame (`eos` alone, `data_len` payload bytes)
-    /// arrived one after the other, if the reactor would accept both:
-    /// the request is recorded as running, exactly as [`ServerReactor::on_frame`]
-    /// would leave it after the two frames, and `true` says the caller
-    /// runs it (name and data are the two payloads, no arguments). `false`,
-    /// with nothing changed, when either frame would be refused: feed them
-    /// to [`ServerReactor::on_frame`] instead, for the error.
+    /// Starts the request of `name` and `data` at once when `data` is its
+    /// sole data frame (`name` a command-name frame with `have-data` alone,
+    /// `data` the same request's command-data frame with `eos` alone) and
+    /// the reactor would accept both frames: the request is recorded as
+    /// running, exactly as [`ServerReactor::on_frame`] would leave it after
+    /// the two, and `true` says the caller runs it (the two payloads are
+    /// its name and data, it has no arguments). `false`, with nothing
+    /// changed, for any other pair and for a pair either of whose frames
+    /// would be refused: feed them to [`ServerReactor::on_frame`] instead.
     ///
     /// No assembler is set up for such a request, and its bytes never
     /// count as buffered: nothing can happen between its two frames.
     #[inline]
-    pub fn start_whole(&mut self, id: u16, data_len: usize) -> bool {
-        let accepted = !self.errored
+    pub fn start_whole(&mut self, name: &Frame, data: &Frame) -> bool {
+        let (id, data_len) = (name.request_id, data.payload.len());
+        let accepted = data.header().is_sole_data_of(&name.header())
+            && !self.errored
             && id % 2 == 1
             && matches!(self.slots.get(id), None | Some(Slot::Discarding { .. }))
             && self.receiving < self.limits.max_receiving

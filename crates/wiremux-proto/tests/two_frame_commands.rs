@@ -339,7 +339,7 @@ fn run_reactor(limits: Limits, steps: Vec<Step>) {
                     });
                     if sole {
                         let data = rest.next().unwrap();
-                        if paired.start_whole(frame.request_id, data.payload.len()) {
+                        if paired.start_whole(frame, data) {
                             other.push(Action::WantFrame {
                                 state: State::CommandReceiving,
                             });
@@ -355,6 +355,10 @@ fn run_reactor(limits: Limits, steps: Vec<Step>) {
                             other.push(paired.on_frame(data.clone()));
                         }
                     } else {
+                        // Any other two frames are not started together.
+                        if let Some(next) = rest.peek() {
+                            assert!(!paired.start_whole(frame, next), "{frame:?} {next:?}");
+                        }
                         other.push(paired.on_frame(frame.clone()));
                     }
                 }
