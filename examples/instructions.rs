@@ -18,6 +18,10 @@
 //! can, the client reads and refills. This is the user-space half of what
 //! `benches/e2e.rs` measures over loopback TCP.
 //!
+//! A fourth argument `client` drives the same server through the
+//! engine's async client (`wiremux::engine::client::Client`) instead of
+//! the hand-written one, to count what a call costs the client.
+//!
 //! A fourth argument `tcp` puts the server on its own thread behind a
 //! loopback connection instead, as benches/e2e.rs does, to count its
 //! system calls: `strace -c -f target/release/examples/instructions
@@ -39,10 +43,11 @@ fn main() {
     let n: u64 = args.get(1).map_or(100_000, |s| s.parse().expect("N"));
     let w: usize = args.get(2).map_or(256, |s| s.parse().expect("W"));
     assert!((1..=16_384).contains(&w), "W is 1 to 16384");
-    let tcp = match args.get(3).map(String::as_str) {
-        None | Some("duplex") => false,
-        Some("tcp") => true,
-        Some(other) => panic!("the transport is duplex or tcp, not {other:?}"),
+    let (tcp, engine_client) = match args.get(3).map(String::as_str) {
+        None | Some("duplex") => (false, false),
+        Some("tcp") => (true, false),
+        Some("client") => (false, true),
+        Some(other) => panic!("the transport is duplex, client or tcp, not {other:?}"),
     };
     let runtime = || {
         tokio::runtime::Builder::new_current_thread()
@@ -75,7 +80,11 @@ fn main() {
             let (client, end) = tokio::io::duplex(64 << 10);
             let name = server.to_string();
             tokio::spawn(async move { serve(&name, end).await });
-            drive(client, n, w).await;
+            if engine_client {
+                drive_client(wiremux::engine::client::Client::new(client), n, w).await;
+            } else {
+                drive(client, n, w).await;
+            }
         });
     }
     println!("{server}: {n} requests answered, {w} in flight");
@@ -92,6 +101,19 @@ async fn serve<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(server: &str
         }
         "raw" => raw_frame::serve(io).await,
         other => panic!("SERVER is wiremux or raw, not {other:?}"),
+    }
+}
+
+/// As [`drive`], through the engine's async client: `w` calls in flight,
+/// a new one started as each answer arrives.
+async fn drive_client(client: wiremux::engine::client::Client, n: u64, w: usize) {
+    use futures::StreamExt;
+    let payload = bytes::Bytes::from(vec![b'x'; 32]);
+    let mut calls = futures::stream::iter(0..n)
+        .map(|_| client.call("echo").data(payload.clone()).send())
+        .buffer_unordered(w);
+    while let Some(response) = calls.next().await {
+        assert_eq!(response.expect("echo call").body.len(), 32);
     }
 }
 

@@ -4,13 +4,18 @@
 //! Client requests use odd IDs only, so the 32768 possible IDs are split
 //! into 1024 pages of 32; a page is allocated when one of its IDs is first
 //! used, and the page directory grows only as far as the highest page
-//! used (clients allocate IDs from the bottom, so a connection with a few
-//! hundred requests in flight needs a handful of entries). Up to
-//! [`SPARE_PAGES`] emptied pages stay where they are, for their IDs' next
-//! use; a page emptied beyond that is freed. A connection answering one
-//! request at a time empties its page on every request, and a busy one
-//! often answers everything in flight before reading more: neither frees
-//! and allocates its pages again on every round, or even moves them. A lookup is two array
+//! used (clients that allocate IDs from the bottom need a handful of
+//! entries). Emptied pages are kept, so that a busy connection does not
+//! allocate, initialise and free a page per request:
+//! - up to [`SPARE_PAGES`] stay where they are, for their IDs' next use: a
+//!   client that reuses its lowest IDs, answered a batch or one request at
+//!   a time, neither reallocates nor even moves its pages;
+//! - beyond that, up to [`DETACHED_PAGES`] more are detached and attached
+//!   again, as they are, wherever a page is next needed: a client that
+//!   walks through the whole ID space (the engine's client, Mercurial's)
+//!   moves a pointer where it would allocate.
+//!
+//! Any page emptied beyond both is freed. A lookup is two array
 //! indexings, with no hashing, no probing and no rehashing as IDs come and
 //! go on the per-frame path.
 
@@ -18,8 +23,12 @@
 /// an emptied page of each table (512 bytes for the reactor's and the
 /// lifecycle's 16-byte records).
 const PAGE: usize = 32;
-/// Emptied pages kept: as many as a window of 256 requests spans.
+/// Emptied pages kept in place: as many as a window of 256 requests spans.
 const SPARE_PAGES: usize = 8;
+/// Emptied pages kept detached, beyond those: enough for a window moving
+/// through the ID space, where a page empties behind it as one is needed
+/// ahead.
+const DETACHED_PAGES: usize = 2;
 
 struct Page<V> {
     slots: [Option<V>; PAGE],
@@ -55,6 +64,9 @@ pub struct IdTable<V> {
     pages: Vec<Option<Box<Page<V>>>>,
     /// Pages in the directory that hold nothing, at most `SPARE_PAGES`.
     empty: usize,
+    /// Emptied pages, detached, for the next page needed: at most
+    /// `DETACHED_PAGES`.
+    detached: Vec<Box<Page<V>>>,
     /// Values stored.
     len: usize,
 }
@@ -64,6 +76,7 @@ impl<V> Default for IdTable<V> {
         IdTable {
             pages: Vec::new(),
             empty: 0,
+            detached: Vec::new(),
             len: 0,
         }
     }
@@ -116,7 +129,7 @@ impl<V> IdTable<V> {
                 }
                 page
             }
-            none => none.insert(Page::new()),
+            none => none.insert(self.detached.pop().unwrap_or_else(Page::new)),
         };
         let old = page.slots[at].replace(value);
         if old.is_none() {
@@ -126,8 +139,8 @@ impl<V> IdTable<V> {
         old
     }
 
-    /// Takes the value for `id` out; an emptied page is kept in place or
-    /// freed.
+    /// Takes the value for `id` out; an emptied page is kept in place,
+    /// detached or freed.
     #[inline]
     pub fn remove(&mut self, id: u16) -> Option<V> {
         let (index, at) = locate(id)?;
@@ -176,7 +189,7 @@ impl<V> IdTable<V> {
         self.len == 0
     }
 
-    /// Removes every value (up to the usual few emptied pages are kept).
+    /// Removes every value (emptied pages are kept as by `remove`).
     pub fn clear(&mut self) {
         if self.len > 0 {
             self.retain(|_, _| false);
@@ -195,12 +208,24 @@ impl<V> IdTable<V> {
         })
     }
 
-    /// Keeps an emptied page in place, or frees it if enough are kept.
+    /// Keeps an emptied page in place, or detached, or frees it if enough
+    /// are kept both ways.
+    #[inline]
     fn release(&mut self, index: usize) {
         if self.empty < SPARE_PAGES {
             self.empty += 1;
         } else {
-            self.pages[index] = None;
+            self.detach(index);
+        }
+    }
+
+    /// Takes an emptied page out of the directory: kept aside, or freed.
+    #[cold]
+    fn detach(&mut self, index: usize) {
+        if let Some(page) = self.pages[index].take() {
+            if self.detached.len() < DETACHED_PAGES {
+                self.detached.push(page);
+            }
         }
     }
 }
@@ -227,10 +252,14 @@ mod tests {
         assert_eq!(t.iter().collect::<Vec<_>>(), [(1, &'a'), (65535, &'z')]);
     }
 
+    fn kept_in_place(t: &IdTable<()>) -> usize {
+        t.pages.iter().flatten().filter(|p| p.used == 0).count()
+    }
+
     #[test]
-    fn emptied_pages_are_freed_but_a_few_are_kept() {
+    fn emptied_pages_are_kept_in_place_then_detached_then_freed() {
         let mut t = IdTable::default();
-        let ids: Vec<u16> = (0..SPARE_PAGES + 2)
+        let ids: Vec<u16> = (0..SPARE_PAGES + DETACHED_PAGES + 2)
             .map(|p| (p * PAGE * 2 + 1) as u16)
             .collect();
         for &id in &ids {
@@ -239,18 +268,63 @@ mod tests {
         for &id in &ids {
             t.remove(id);
         }
-        let kept = |t: &IdTable<()>| t.pages.iter().filter(|p| p.is_some()).count();
-        assert_eq!(kept(&t), SPARE_PAGES, "the first ones emptied stay");
-        assert!(t.pages[SPARE_PAGES..].iter().all(Option::is_none));
         assert!(t.is_empty());
-        // A kept page is used again as it is; a freed one is allocated.
+        assert_eq!(
+            kept_in_place(&t),
+            SPARE_PAGES,
+            "the first ones emptied stay"
+        );
+        assert!(t.pages[SPARE_PAGES..].iter().all(Option::is_none));
+        assert_eq!(
+            t.detached.len(),
+            DETACHED_PAGES,
+            "the next ones are kept aside"
+        );
+        // A page kept in place is used again there; a page needed anywhere
+        // else is a detached one, attached as it is.
         t.insert(ids[0], ());
-        assert_eq!((kept(&t), t.empty), (SPARE_PAGES, SPARE_PAGES - 1));
-        t.insert(ids[SPARE_PAGES], ());
-        assert_eq!((kept(&t), t.empty), (SPARE_PAGES + 1, SPARE_PAGES - 1));
-        // Emptied again: one of the nine is freed.
+        assert_eq!(
+            (kept_in_place(&t), t.empty),
+            (SPARE_PAGES - 1, SPARE_PAGES - 1)
+        );
+        let aside = &*t.detached[DETACHED_PAGES - 1] as *const Page<()>;
+        t.insert(65535, ());
+        assert_eq!(t.detached.len(), DETACHED_PAGES - 1);
+        let attached = t.pages.last().and_then(Option::as_deref).expect("attached");
+        assert!(std::ptr::eq(attached, aside), "reused, not allocated");
+        // Emptied again: the page emptied first goes back in place, the
+        // other aside.
         t.clear();
-        assert_eq!((kept(&t), t.empty), (SPARE_PAGES, SPARE_PAGES));
+        assert_eq!((kept_in_place(&t), t.empty), (SPARE_PAGES, SPARE_PAGES));
+        assert_eq!(t.detached.len(), DETACHED_PAGES);
+    }
+
+    #[test]
+    fn a_client_walking_the_id_space_one_at_a_time_moves_one_page() {
+        // The engine's client hands out the next free ID after the last:
+        // answered one at a time, every request empties its page. The
+        // first pages stay in place; past them, the emptied page is set
+        // aside and taken back by the next request, on its page or the
+        // next, so no page is allocated after the first ones.
+        let mut t = IdTable::default();
+        let first = (SPARE_PAGES * PAGE * 2) as u16;
+        for id in (1..first).step_by(2) {
+            t.insert(id, ());
+            t.remove(id);
+        }
+        assert_eq!((kept_in_place(&t), t.detached.len()), (SPARE_PAGES, 0));
+        t.insert(first + 1, ());
+        t.remove(first + 1);
+        let page = &*t.detached[0] as *const Page<()>;
+        for id in (first + 3..=u16::MAX).step_by(2) {
+            t.insert(id, ());
+            assert!(t.detached.is_empty(), "ID {id} took the page set aside");
+            let attached = t.pages[usize::from(id >> 1) / PAGE].as_deref();
+            assert!(std::ptr::eq(attached.expect("attached"), page), "ID {id}");
+            t.remove(id);
+            assert_eq!(t.detached.len(), 1);
+        }
+        assert_eq!(kept_in_place(&t), SPARE_PAGES);
     }
 
     #[test]
@@ -302,9 +376,13 @@ mod tests {
                 prop_assert_eq!(listed, expected);
                 prop_assert_eq!(table.len(), model.len());
                 prop_assert_eq!(table.is_empty(), model.is_empty());
+                let attached = table.pages.iter().flatten();
+                prop_assert_eq!(attached.map(|p| p.used).sum::<usize>(), table.len());
                 let empty = table.pages.iter().flatten().filter(|p| p.used == 0).count();
                 prop_assert_eq!(table.empty, empty);
                 prop_assert!(empty <= SPARE_PAGES);
+                prop_assert!(table.detached.len() <= DETACHED_PAGES);
+                prop_assert!(table.detached.iter().all(|p| p.used == 0 && p.slots.iter().all(Option::is_none)));
             }
         }
     }
