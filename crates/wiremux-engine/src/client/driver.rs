@@ -2,7 +2,9 @@
 //! responses, holds calls for what they depend on, and keeps their timers.
 
 use super::slot::{Extras, Slot};
-use super::{closed, lost, Answer, AnswerSink, Error, Job, Reason, Reply, Response, Submit};
+use super::{
+    closed, lost, Answer, AnswerSink, Error, Job, Outbox, Reason, Reply, Response, Submit,
+};
 use bytes::{Buf, BytesMut};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
@@ -84,6 +86,10 @@ pub(crate) struct Driver<IO> {
     io: IO,
     calls: mpsc::UnboundedReceiver<Submit>,
     calls_open: bool,
+    /// Calls started by the handles; `taken` is what was last taken from
+    /// it, swapped with the outbox's buffer.
+    outbox: Arc<Outbox>,
+    taken: Vec<Job>,
     /// Calls to try to write, in order.
     queue: VecDeque<Pending>,
     /// Calls waiting for a call they depend on, or for the capabilities.
@@ -112,11 +118,13 @@ pub(crate) struct Driver<IO> {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
-    pub fn new(io: IO, calls: mpsc::UnboundedReceiver<Submit>) -> Driver<IO> {
+    pub fn new(io: IO, calls: mpsc::UnboundedReceiver<Submit>, outbox: Arc<Outbox>) -> Driver<IO> {
         Driver {
             io,
             calls,
             calls_open: true,
+            outbox,
+            taken: Vec::new(),
             queue: VecDeque::new(),
             held: HashMap::new(),
             blocked_on: HashMap::new(),
@@ -163,6 +171,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
         while let Ok(submit) = self.calls.try_recv() {
             self.accept(submit);
         }
+        for job in self.outbox.close() {
+            self.enqueue(job);
+        }
         let held: Vec<Pending> = std::mem::take(&mut self.held).into_values().collect();
         for p in self
             .queue
@@ -187,12 +198,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
     /// Takes a handle's submission.
     fn accept(&mut self, submit: Submit) {
         match submit {
-            Submit::Job(job) => self.enqueue(job),
-            Submit::Jobs(jobs) => {
-                for job in jobs {
-                    self.enqueue(job);
-                }
-            }
             Submit::Batch { sink, jobs } => {
                 let pipe = self.pipe_for(sink);
                 self.pipes[pipe].waiting += jobs.len();
@@ -585,6 +590,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
             let p = match self.queue.pop_front() {
                 Some(p) => p,
                 None if !self.calls_open => break,
+                None if self.take_outbox(cx) => {
+                    progress = true;
+                    continue;
+                }
                 None => match self.calls.poll_recv(cx) {
                     Poll::Ready(Some(submit)) => {
                         progress = true;
@@ -592,7 +601,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
                         continue;
                     }
                     Poll::Ready(None) => {
+                        // No handle is left: take what they started and
+                        // never flushed, so that it is answered too.
                         self.calls_open = false;
+                        if self.take_outbox(cx) {
+                            progress = true;
+                            continue;
+                        }
                         break;
                     }
                     Poll::Pending => break,
@@ -606,6 +621,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
             progress = true;
         }
         progress
+    }
+
+    /// Queues the calls the handles have flushed (all of them once no
+    /// handle is left). Returns whether there were any.
+    fn take_outbox(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut taken = std::mem::take(&mut self.taken);
+        let any = self.outbox.take(cx.waker(), !self.calls_open, &mut taken);
+        for job in taken.drain(..) {
+            self.enqueue(job);
+        }
+        self.taken = taken;
+        any
     }
 
     /// Whether nobody can take this call's answer any more.
@@ -626,12 +653,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
     /// Writes a call if what it depends on allows; otherwise holds it, or
     /// answers it.
     fn try_send(&mut self, mut p: Pending) -> Tried {
-        let now = Instant::now();
+        // The clock is read only for a call with a deadline.
+        let now = p.deadline.map(|_| Instant::now());
         if self.is_gone(p.job.reply, p.job.slot.as_ref()) {
             self.settle_pending(p, Err(closed()));
             return Tried::Done;
         }
-        if p.deadline.is_some_and(|d| d <= now) {
+        if p.deadline.zip(now).is_some_and(|(d, now)| d <= now) {
             let timeout = p.job.extras.timeout.unwrap_or_default();
             self.settle_pending(p, Err(Error::TimedOut(timeout)));
             return Tried::Done;
@@ -738,29 +766,40 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
             state.kept = kept;
         }
         kept &= has_pipelining;
-        let mut command = std::mem::take(&mut p.job.command);
-        for (name, body) in subs {
-            command = command.arg(name, body);
-        }
-        command = reserved::after(command, &after);
-        let mut named = after;
-        for (name, dep) in uses {
-            command = reserved::use_result(command, &name, dep);
-            named.push(dep);
-        }
-        if kept {
-            command = reserved::keep(command);
-        }
+        let deadline = p.deadline.zip(now).filter(|_| has_deadline);
+        let plain = subs.is_empty() && after.is_empty() && uses.is_empty() && !kept;
         let mut deadline_ms = None;
-        if let (Some(deadline), true) = (p.deadline, has_deadline) {
-            let ms = reserved::deadline_ms(deadline - now);
-            command = command.arg("@deadline", ms.to_string());
-            deadline_ms = Some(ms);
-        }
+        let mut named = Vec::new();
+        let encoded = if plain && deadline.is_none() {
+            // Nothing to add (the common case): encoded as it was built.
+            p.job
+                .command
+                .encode(id, self.codec.send_limit(), &mut self.wbuf)
+        } else {
+            let mut command = std::mem::take(&mut p.job.command);
+            for (name, body) in subs {
+                command = command.arg(name, body);
+            }
+            command = reserved::after(command, &after);
+            named = after;
+            for (name, dep) in uses {
+                command = reserved::use_result(command, &name, dep);
+                named.push(dep);
+            }
+            if kept {
+                command = reserved::keep(command);
+            }
+            if let Some((deadline, now)) = deadline {
+                let ms = reserved::deadline_ms(deadline - now);
+                command = command.arg("@deadline", ms.to_string());
+                deadline_ms = Some(ms);
+            }
+            command.encode(id, self.codec.send_limit(), &mut self.wbuf)
+        };
         if let Reply::Cancel { target } = p.job.reply {
             named.push(target);
         }
-        if let Err(err) = command.encode(id, self.codec.send_limit(), &mut self.wbuf) {
+        if let Err(err) = encoded {
             self.ids.release(id);
             if let Some(slot) = &p.job.slot {
                 slot.lock().id = None;

@@ -109,13 +109,60 @@ pub(crate) enum Reply {
     Cancel { target: u16 },
 }
 
-/// What handles send the driver.
+/// Calls started on a client (and its clones) and not yet taken by the
+/// driver. Handing them over is a lock and, once per batch, a wake-up of
+/// the driver: no message per call.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    state: Mutex<OutboxState>,
+    /// The driver's task, woken when calls are handed over.
+    driver: futures::task::AtomicWaker,
+}
+
+#[derive(Debug, Default)]
+struct OutboxState {
+    /// In the order they were started.
+    jobs: Vec<Job>,
+    /// `jobs[..handed]` have been flushed, for the driver to take.
+    handed: usize,
+    /// The driver has ended: a call flushed now fails at once.
+    closed: bool,
+}
+
+impl Outbox {
+    /// Moves the calls flushed (every call, with `all`) into `into`, in
+    /// order, after registering `waker` for the next flush. Returns whether
+    /// there were any.
+    pub(crate) fn take(&self, waker: &std::task::Waker, all: bool, into: &mut Vec<Job>) -> bool {
+        self.driver.register(waker);
+        let mut state = lock(&self.state);
+        let n = if all { state.jobs.len() } else { state.handed };
+        state.handed = 0;
+        if n == 0 {
+            return false;
+        }
+        if n == state.jobs.len() && into.is_empty() {
+            // Everything (the common case): swap the buffers, copy nothing.
+            std::mem::swap(&mut state.jobs, into);
+        } else {
+            into.extend(state.jobs.drain(..n));
+        }
+        true
+    }
+
+    /// The driver has ended: takes every call left, and fails the ones
+    /// flushed from now on.
+    pub(crate) fn close(&self) -> Vec<Job> {
+        let mut state = lock(&self.state);
+        state.closed = true;
+        state.handed = 0;
+        std::mem::take(&mut state.jobs)
+    }
+}
+
+/// What handles send the driver, besides the calls of the [`Outbox`].
 #[derive(Debug)]
 pub(crate) enum Submit {
-    /// A call whose answer goes to its handle.
-    Job(Job),
-    /// Calls whose answers go to their handles.
-    Jobs(Vec<Job>),
     /// A pipeline's calls, and where their answers go.
     Batch { sink: AnswerSink, jobs: Vec<Job> },
     /// A handle went away before its answer.
@@ -130,8 +177,8 @@ pub(crate) enum Submit {
 #[derive(Clone, Debug)]
 pub struct Client {
     calls: mpsc::UnboundedSender<Submit>,
-    /// Calls started and not yet handed to the driver.
-    outbox: Arc<Mutex<Vec<Job>>>,
+    /// Calls started and not yet taken by the driver.
+    outbox: Arc<Outbox>,
 }
 
 impl Client {
@@ -160,11 +207,9 @@ impl Client {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (calls, rx) = mpsc::unbounded_channel();
-        tokio::spawn(driver::Driver::new(io, rx).run());
-        Client {
-            calls,
-            outbox: Arc::default(),
-        }
+        let outbox = Arc::new(Outbox::default());
+        tokio::spawn(driver::Driver::new(io, rx, outbox.clone()).run());
+        Client { calls, outbox }
     }
 
     /// Starts building a call of `command`.
@@ -191,7 +236,7 @@ impl Client {
             slot: Some(slot.clone()),
             reply: Reply::Handle,
         };
-        lock(&self.outbox).push(job);
+        lock(&self.outbox.state).jobs.push(job);
         Call {
             slot,
             client: self.clone(),
@@ -205,21 +250,17 @@ impl Client {
     /// any [`Call`] does this too, so a chain started before the first
     /// await goes out in one batch.
     pub fn flush(&self) {
-        let submit = {
-            let mut outbox = lock(&self.outbox);
-            match outbox.len() {
-                0 => return,
-                // One call (the common case): no vector to hand over.
-                1 => Submit::Job(outbox.pop().expect("one")),
-                _ => Submit::Jobs(std::mem::take(&mut *outbox)),
+        let mut state = lock(&self.outbox.state);
+        if !state.closed {
+            if state.handed < state.jobs.len() {
+                state.handed = state.jobs.len();
+                drop(state);
+                self.outbox.driver.wake();
             }
-        };
-        let jobs = match self.calls.send(submit) {
-            Ok(()) => return,
-            Err(mpsc::error::SendError(Submit::Job(job))) => vec![job],
-            Err(mpsc::error::SendError(Submit::Jobs(jobs))) => jobs,
-            Err(_) => return,
-        };
+            return;
+        }
+        let jobs = std::mem::take(&mut state.jobs);
+        drop(state);
         for job in jobs {
             if let Some(slot) = job.slot {
                 slot.finish(Err(closed()));
@@ -446,5 +487,70 @@ impl From<&Call> for CallRef {
 impl From<&CallRef> for CallRef {
     fn from(call: &CallRef) -> CallRef {
         call.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job told apart by its tag (its timeout, in ms).
+    fn job(tag: u64) -> Job {
+        Job {
+            command: CommandBuilder::new("echo"),
+            extras: Extras {
+                timeout: Some(Duration::from_millis(tag)),
+                ..Extras::default()
+            },
+            slot: Some(Slot::new()),
+            reply: Reply::Handle,
+        }
+    }
+
+    fn tags(jobs: &[Job]) -> Vec<u128> {
+        jobs.iter()
+            .map(|j| j.extras.timeout.expect("tagged").as_millis())
+            .collect()
+    }
+
+    #[test]
+    fn the_driver_takes_what_was_flushed_in_order_and_the_rest_at_the_end() {
+        let (calls, _rx) = mpsc::unbounded_channel();
+        let client = Client {
+            calls,
+            outbox: Arc::default(),
+        };
+        let waker = futures::task::noop_waker();
+        let mut taken = Vec::new();
+        assert!(
+            !client.outbox.take(&waker, false, &mut taken),
+            "nothing yet"
+        );
+        lock(&client.outbox.state).jobs.extend([job(1), job(2)]);
+        assert!(
+            !client.outbox.take(&waker, false, &mut taken),
+            "not flushed"
+        );
+        client.flush();
+        lock(&client.outbox.state).jobs.push(job(3));
+        assert!(client.outbox.take(&waker, false, &mut taken));
+        assert_eq!(tags(&taken), [1, 2], "only the flushed ones");
+        taken.clear();
+        assert!(!client.outbox.take(&waker, false, &mut taken), "taken once");
+        assert!(
+            client.outbox.take(&waker, true, &mut taken),
+            "all, at the end"
+        );
+        assert_eq!(tags(&taken), [3]);
+        // Once the driver has ended, a flushed call fails at once.
+        lock(&client.outbox.state).jobs.push(job(4));
+        assert_eq!(client.outbox.close().len(), 1);
+        let late = job(5);
+        let slot = late.slot.clone().expect("slot");
+        lock(&client.outbox.state).jobs.push(late);
+        client.flush();
+        assert!(lock(&client.outbox.state).jobs.is_empty());
+        let result = slot.lock().result.clone().expect("answered");
+        assert_eq!(result.unwrap_err(), closed());
     }
 }
