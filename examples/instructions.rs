@@ -19,8 +19,9 @@
 //! `benches/e2e.rs` measures over loopback TCP.
 //!
 //! A fourth argument `client` drives the same server through the
-//! engine's async client (`wiremux::engine::client::Client`) instead of
-//! the hand-written one, to count what a call costs the client.
+//! engine's async client (`wiremux::engine::client::Client`, one future
+//! per call) instead of the hand-written one, and `pipeline` through its
+//! `Pipeline`, as `wiremux load` does: what a call costs the client.
 //!
 //! A fourth argument `tcp` puts the server on its own thread behind a
 //! loopback connection instead, as benches/e2e.rs does, to count its
@@ -43,11 +44,11 @@ fn main() {
     let n: u64 = args.get(1).map_or(100_000, |s| s.parse().expect("N"));
     let w: usize = args.get(2).map_or(256, |s| s.parse().expect("W"));
     assert!((1..=16_384).contains(&w), "W is 1 to 16384");
-    let (tcp, engine_client) = match args.get(3).map(String::as_str) {
-        None | Some("duplex") => (false, false),
-        Some("tcp") => (true, false),
-        Some("client") => (false, true),
-        Some(other) => panic!("the transport is duplex, client or tcp, not {other:?}"),
+    let (tcp, client) = match args.get(3).map(String::as_str) {
+        None | Some("duplex") => (false, None),
+        Some("tcp") => (true, None),
+        Some(mode @ ("client" | "pipeline")) => (false, Some(mode.to_string())),
+        Some(other) => panic!("the transport is duplex, client, pipeline or tcp, not {other:?}"),
     };
     let runtime = || {
         tokio::runtime::Builder::new_current_thread()
@@ -76,14 +77,16 @@ fn main() {
             drive(stream, n, w).await;
         });
     } else {
+        let client_mode = client;
         runtime().block_on(async move {
             let (client, end) = tokio::io::duplex(64 << 10);
             let name = server.to_string();
             tokio::spawn(async move { serve(&name, end).await });
-            if engine_client {
-                drive_client(wiremux::engine::client::Client::new(client), n, w).await;
-            } else {
-                drive(client, n, w).await;
+            let engine = wiremux::engine::client::Client::new;
+            match client_mode.as_deref() {
+                Some("client") => drive_client(engine(client), n, w).await,
+                Some(_) => drive_pipeline(engine(client), n, w).await,
+                None => drive(client, n, w).await,
             }
         });
     }
@@ -114,6 +117,26 @@ async fn drive_client(client: wiremux::engine::client::Client, n: u64, w: usize)
         .buffer_unordered(w);
     while let Some(response) = calls.next().await {
         assert_eq!(response.expect("echo call").body.len(), 32);
+    }
+}
+
+/// As [`drive`], through the engine's client's `Pipeline`
+/// (`wiremux::engine::Pipeline`): `w` tagged calls in flight, a new one
+/// started as each answer arrives, as `wiremux load` drives it.
+async fn drive_pipeline(client: wiremux::engine::client::Client, n: u64, w: usize) {
+    let mut pipeline = client.pipeline();
+    let echo = CommandBuilder::new("echo").data(vec![b'x'; 32]);
+    let mut issued = 0;
+    while issued < n.min(w as u64) {
+        pipeline.start(issued, echo.clone()).expect("start");
+        issued += 1;
+    }
+    while let Some((tag, result)) = pipeline.next().await {
+        assert_eq!(result.expect("echo call").body.len(), 32);
+        if issued < n {
+            pipeline.start(tag, echo.clone()).expect("start");
+            issued += 1;
+        }
     }
 }
 

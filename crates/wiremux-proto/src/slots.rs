@@ -10,10 +10,14 @@
 //! - up to [`SPARE_PAGES`] stay where they are, for their IDs' next use: a
 //!   client that reuses its lowest IDs, answered a batch or one request at
 //!   a time, neither reallocates nor even moves its pages;
-//! - beyond that, up to [`DETACHED_PAGES`] more are detached and attached
-//!   again, as they are, wherever a page is next needed: a client that
-//!   walks through the whole ID space (the engine's client, Mercurial's)
-//!   moves a pointer where it would allocate.
+//! - beyond that, the page emptied last stays where it is too, until a
+//!   page is needed elsewhere: then it moves there, as it is. A client
+//!   that walks through the whole ID space (the engine's client,
+//!   Mercurial's), answered one request at a time, reuses it in place for
+//!   the 32 IDs of a page and moves a pointer once per page;
+//! - the pages it displaces, up to [`DETACHED_PAGES`], are kept detached,
+//!   for the next pages needed (a window of requests in flight moving
+//!   through the ID space empties a page behind it as it needs one ahead).
 //!
 //! Any page emptied beyond both is freed. A lookup is two array
 //! indexings, with no hashing, no probing and no rehashing as IDs come and
@@ -62,8 +66,12 @@ impl<V> Page<V> {
 pub struct IdTable<V> {
     /// The page directory, as long as the highest page used so far.
     pages: Vec<Option<Box<Page<V>>>>,
-    /// Pages in the directory that hold nothing, at most `SPARE_PAGES`.
+    /// Pages in the directory that hold nothing, at most `SPARE_PAGES`,
+    /// besides the floating one.
     empty: usize,
+    /// The page emptied last beyond those, still in the directory: moved
+    /// wherever a page is needed next.
+    floating: Option<usize>,
     /// Emptied pages, detached, for the next page needed: at most
     /// `DETACHED_PAGES`.
     detached: Vec<Box<Page<V>>>,
@@ -76,6 +84,7 @@ impl<V> Default for IdTable<V> {
         IdTable {
             pages: Vec::new(),
             empty: 0,
+            floating: None,
             detached: Vec::new(),
             len: 0,
         }
@@ -117,19 +126,23 @@ impl<V> IdTable<V> {
     /// If `id` is even.
     #[inline(always)]
     pub fn insert(&mut self, id: u16, value: V) -> Option<V> {
-        let (page, at) = locate(id).expect("only odd request IDs are stored");
-        if page >= self.pages.len() {
-            self.pages.resize_with(page + 1, || None);
+        let (index, at) = locate(id).expect("only odd request IDs are stored");
+        if index >= self.pages.len() {
+            self.pages.resize_with(index + 1, || None);
         }
-        let page = match &mut self.pages[page] {
+        let page = match &mut self.pages[index] {
             Some(page) => {
                 if page.used == 0 {
                     // An emptied page kept in place is in use again.
-                    self.empty -= 1;
+                    if self.floating == Some(index) {
+                        self.floating = None;
+                    } else {
+                        self.empty -= 1;
+                    }
                 }
                 page
             }
-            none => none.insert(self.detached.pop().unwrap_or_else(Page::new)),
+            None => self.attach(index),
         };
         let old = page.slots[at].replace(value);
         if old.is_none() {
@@ -208,19 +221,39 @@ impl<V> IdTable<V> {
         })
     }
 
-    /// Keeps an emptied page in place, or detached, or frees it if enough
-    /// are kept both ways.
+    /// Keeps an emptied page in place, as a spare or as the floating one.
     #[inline]
     fn release(&mut self, index: usize) {
         if self.empty < SPARE_PAGES {
             self.empty += 1;
         } else {
-            self.detach(index);
+            self.float(index);
         }
     }
 
-    /// Takes an emptied page out of the directory: kept aside, or freed.
+    /// Makes an emptied page the floating one; the one it displaces is
+    /// detached.
     #[cold]
+    fn float(&mut self, index: usize) {
+        if let Some(old) = self.floating.replace(index) {
+            self.detach(old);
+        }
+    }
+
+    /// Gives the page of `index` a page: the floating one, moved; or a
+    /// detached one; or a new one.
+    #[cold]
+    fn attach(&mut self, index: usize) -> &mut Page<V> {
+        let page = match self.floating.take() {
+            Some(from) => self.pages[from]
+                .take()
+                .expect("the floating page is in the directory"),
+            None => self.detached.pop().unwrap_or_else(Page::new),
+        };
+        self.pages[index].insert(page)
+    }
+
+    /// Takes an emptied page out of the directory: kept aside, or freed.
     fn detach(&mut self, index: usize) {
         if let Some(page) = self.pages[index].take() {
             if self.detached.len() < DETACHED_PAGES {
@@ -252,12 +285,13 @@ mod tests {
         assert_eq!(t.iter().collect::<Vec<_>>(), [(1, &'a'), (65535, &'z')]);
     }
 
+    /// Emptied pages in the directory, the floating one included.
     fn kept_in_place(t: &IdTable<()>) -> usize {
         t.pages.iter().flatten().filter(|p| p.used == 0).count()
     }
 
     #[test]
-    fn emptied_pages_are_kept_in_place_then_detached_then_freed() {
+    fn emptied_pages_are_kept_in_place_then_float_then_are_detached_then_freed() {
         let mut t = IdTable::default();
         let ids: Vec<u16> = (0..SPARE_PAGES + DETACHED_PAGES + 2)
             .map(|p| (p * PAGE * 2 + 1) as u16)
@@ -269,33 +303,32 @@ mod tests {
             t.remove(id);
         }
         assert!(t.is_empty());
-        assert_eq!(
-            kept_in_place(&t),
-            SPARE_PAGES,
-            "the first ones emptied stay"
-        );
-        assert!(t.pages[SPARE_PAGES..].iter().all(Option::is_none));
-        assert_eq!(
-            t.detached.len(),
-            DETACHED_PAGES,
-            "the next ones are kept aside"
-        );
-        // A page kept in place is used again there; a page needed anywhere
-        // else is a detached one, attached as it is.
+        let last = SPARE_PAGES + DETACHED_PAGES + 1;
+        assert_eq!(t.empty, SPARE_PAGES, "the first ones emptied stay");
+        assert_eq!(t.floating, Some(last), "and the last one");
+        assert_eq!(kept_in_place(&t), SPARE_PAGES + 1);
+        assert!(t.pages[SPARE_PAGES..last].iter().all(Option::is_none));
+        assert_eq!(t.detached.len(), DETACHED_PAGES, "two displaced are kept");
+        // A page kept in place is used again there.
         t.insert(ids[0], ());
-        assert_eq!(
-            (kept_in_place(&t), t.empty),
-            (SPARE_PAGES - 1, SPARE_PAGES - 1)
-        );
-        let aside = &*t.detached[DETACHED_PAGES - 1] as *const Page<()>;
+        assert_eq!((kept_in_place(&t), t.empty), (SPARE_PAGES, SPARE_PAGES - 1));
+        // A page needed elsewhere is the floating one, moved as it is...
+        let floating = t.pages[last].as_deref().expect("in place") as *const Page<()>;
         t.insert(65535, ());
+        assert!(t.pages[last].is_none() && t.floating.is_none());
+        let attached = t.pages[1023].as_deref().expect("attached");
+        assert!(std::ptr::eq(attached, floating), "moved, not allocated");
+        // ...then a detached one.
+        let aside = &*t.detached[DETACHED_PAGES - 1] as *const Page<()>;
+        t.insert(1001, ());
         assert_eq!(t.detached.len(), DETACHED_PAGES - 1);
-        let attached = t.pages.last().and_then(Option::as_deref).expect("attached");
+        let attached = t.pages[1001 / 2 / PAGE].as_deref().expect("attached");
         assert!(std::ptr::eq(attached, aside), "reused, not allocated");
-        // Emptied again: the page emptied first goes back in place, the
-        // other aside.
+        // Emptied again, in ID order: the first page goes back among the
+        // spares, the next floats, the last floats in its place and the
+        // one it displaces is set aside.
         t.clear();
-        assert_eq!((kept_in_place(&t), t.empty), (SPARE_PAGES, SPARE_PAGES));
+        assert_eq!((t.empty, t.floating), (SPARE_PAGES, Some(1023)));
         assert_eq!(t.detached.len(), DETACHED_PAGES);
     }
 
@@ -303,28 +336,31 @@ mod tests {
     fn a_client_walking_the_id_space_one_at_a_time_moves_one_page() {
         // The engine's client hands out the next free ID after the last:
         // answered one at a time, every request empties its page. The
-        // first pages stay in place; past them, the emptied page is set
-        // aside and taken back by the next request, on its page or the
-        // next, so no page is allocated after the first ones.
+        // first pages stay in place; past them, the emptied page floats:
+        // reused in place by the next ID of its page, moved to the next
+        // page when the client gets there. No page is allocated, and none
+        // is set aside, after the first ones.
         let mut t = IdTable::default();
         let first = (SPARE_PAGES * PAGE * 2) as u16;
         for id in (1..first).step_by(2) {
             t.insert(id, ());
             t.remove(id);
         }
-        assert_eq!((kept_in_place(&t), t.detached.len()), (SPARE_PAGES, 0));
+        assert_eq!((t.empty, t.floating), (SPARE_PAGES, None));
         t.insert(first + 1, ());
         t.remove(first + 1);
-        let page = &*t.detached[0] as *const Page<()>;
+        let index = |id: u16| usize::from(id >> 1) / PAGE;
+        let page = t.pages[index(first + 1)].as_deref().expect("floating") as *const Page<()>;
         for id in (first + 3..=u16::MAX).step_by(2) {
             t.insert(id, ());
-            assert!(t.detached.is_empty(), "ID {id} took the page set aside");
-            let attached = t.pages[usize::from(id >> 1) / PAGE].as_deref();
-            assert!(std::ptr::eq(attached.expect("attached"), page), "ID {id}");
+            assert_eq!(t.floating, None, "ID {id} took the floating page");
+            let attached = t.pages[index(id)].as_deref().expect("attached");
+            assert!(std::ptr::eq(attached, page), "ID {id}");
             t.remove(id);
-            assert_eq!(t.detached.len(), 1);
+            assert_eq!(t.floating, Some(index(id)));
+            assert!(t.detached.is_empty());
         }
-        assert_eq!(kept_in_place(&t), SPARE_PAGES);
+        assert_eq!(kept_in_place(&t), SPARE_PAGES + 1);
     }
 
     #[test]
@@ -379,8 +415,11 @@ mod tests {
                 let attached = table.pages.iter().flatten();
                 prop_assert_eq!(attached.map(|p| p.used).sum::<usize>(), table.len());
                 let empty = table.pages.iter().flatten().filter(|p| p.used == 0).count();
-                prop_assert_eq!(table.empty, empty);
-                prop_assert!(empty <= SPARE_PAGES);
+                prop_assert_eq!(table.empty + usize::from(table.floating.is_some()), empty);
+                prop_assert!(table.empty <= SPARE_PAGES);
+                if let Some(f) = table.floating {
+                    prop_assert!(table.pages[f].as_ref().is_some_and(|p| p.used == 0));
+                }
                 prop_assert!(table.detached.len() <= DETACHED_PAGES);
                 prop_assert!(table.detached.iter().all(|p| p.used == 0 && p.slots.iter().all(Option::is_none)));
             }
