@@ -20,7 +20,7 @@ use wiremux_proto::builder::CommandBuilder;
 use wiremux_proto::client::{
     reserved, Capabilities, ClientError, IdAllocator, Outcome, ResponseAssembler,
 };
-use wiremux_proto::{Flags, FrameCodec, FrameType, IdMap};
+use wiremux_proto::{Flags, FrameCodec, FrameType, IdTable};
 
 /// Output buffered before the driver stops taking new calls.
 const WRITE_HIGH_WATER: usize = 256 << 10;
@@ -110,7 +110,8 @@ pub(crate) struct Driver<IO> {
     pipes: Vec<Pipe>,
     ids: IdAllocator,
     responses: ResponseAssembler,
-    inflight: IdMap<InFlight>,
+    /// By request ID (always odd: the client starts them).
+    inflight: IdTable<InFlight>,
     codec: FrameCodec,
     rbuf: BytesMut,
     wbuf: BytesMut,
@@ -139,7 +140,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
             pipes: Vec::new(),
             ids: IdAllocator::new(),
             responses: ResponseAssembler::new(),
-            inflight: IdMap::default(),
+            inflight: IdTable::default(),
             codec: FrameCodec::new(),
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
@@ -163,7 +164,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
             Err(err) => Error::from(err),
         };
         self.calls.close();
-        for (_, f) in std::mem::take(&mut self.inflight) {
+        let mut inflight = std::mem::take(&mut self.inflight);
+        let ids: Vec<u16> = inflight.iter().map(|(id, _)| id).collect();
+        for f in ids.into_iter().filter_map(|id| inflight.remove(id)) {
             if !f.answered {
                 self.settle(f.reply, f.slot.as_ref(), &f.extras, Err(reason.clone()));
             }
@@ -211,7 +214,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
             Submit::Abandon(slot) => {
                 let id = slot.lock().id;
                 let Some(id) = id else { return };
-                let Some(f) = self.inflight.get_mut(&id) else {
+                let Some(f) = self.inflight.get_mut(id) else {
                     return;
                 };
                 if f.answered || !f.slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, &slot)) {
@@ -282,7 +285,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
             self.unhold(seq);
         }
         for (id, seq) in std::mem::take(&mut self.pending_cancels) {
-            if cancel && self.inflight.get(&id).is_some_and(|f| f.seq == seq) {
+            if cancel && self.inflight.get(id).is_some_and(|f| f.seq == seq) {
                 self.push_internal(reserved::cancel(id), Reply::Cancel { target: id });
             }
         }
@@ -337,10 +340,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
             .inflight
             .iter()
             .filter(|(_, f)| f.reply == mine && !f.answered)
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         for id in sent {
-            let Some(f) = self.inflight.get_mut(&id) else {
+            let Some(f) = self.inflight.get_mut(id) else {
                 continue;
             };
             f.answered = true;
@@ -512,7 +515,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
     fn send_pending_cancels(&mut self) -> bool {
         let mut queued = false;
         for (id, seq) in std::mem::take(&mut self.pending_cancels) {
-            if self.inflight.get(&id).is_some_and(|f| f.seq == seq) {
+            if self.inflight.get(id).is_some_and(|f| f.seq == seq) {
                 self.push_internal(reserved::cancel(id), Reply::Cancel { target: id });
                 queued = true;
             }
@@ -563,7 +566,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
                 }
             }
             Loc::Sent(id) => {
-                let Some(f) = self.inflight.get_mut(&id) else {
+                let Some(f) = self.inflight.get_mut(id) else {
                     return;
                 };
                 if f.seq != seq || f.answered {
@@ -665,7 +668,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
             return Tried::Done;
         }
         if let Reply::Cancel { target } = p.job.reply {
-            if !self.inflight.contains_key(&target) {
+            if self.inflight.get(target).is_none() {
                 return Tried::Done; // it ended meanwhile
             }
         }
@@ -868,7 +871,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
                     {
                         // Whatever request it names, the server is closing the connection.
                         let message: String = String::from_utf8_lossy(&frame.payload).into();
-                        if let Some(f) = self.inflight.remove(&id) {
+                        if let Some(f) = self.inflight.remove(id) {
                             if !f.answered {
                                 let err = Err(Error::Protocol(message.clone()));
                                 self.settle(f.reply, f.slot.as_ref(), &f.extras, err);
@@ -878,7 +881,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
                     }
                     if self
                         .inflight
-                        .get(&id)
+                        .get(id)
                         .is_some_and(|f| f.answered || self.is_gone(f.reply, f.slot.as_ref()))
                     {
                         self.responses.discard(id);
@@ -928,7 +931,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
     /// error ends the connection: returns the error for everyone.
     fn complete(&mut self, id: u16, outcome: Outcome) -> Option<Error> {
         self.ids.release(id);
-        let f = self.inflight.remove(&id)?;
+        let f = self.inflight.remove(id)?;
         for named in &f.named {
             self.ids.unpin(*named);
         }
