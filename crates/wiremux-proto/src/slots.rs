@@ -226,6 +226,9 @@ impl<V> IdTable<V> {
     fn release(&mut self, index: usize) {
         if self.empty < SPARE_PAGES {
             self.empty += 1;
+        } else if self.floating.is_none() {
+            // The floating page was just reused in place (the usual case).
+            self.floating = Some(index);
         } else {
             self.float(index);
         }

@@ -462,7 +462,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
             if pipe.out.is_empty() {
                 continue;
             }
-            let out = std::mem::take(&mut pipe.out);
+            // The next batch is likely as large: no regrowing it.
+            let room = pipe.out.len().min(1024);
+            let out = std::mem::replace(&mut pipe.out, Vec::with_capacity(room));
             if pipe.sink.as_ref().is_some_and(|s| s.send(out).is_err()) {
                 pipe.sink = None; // the pipeline has gone
             }

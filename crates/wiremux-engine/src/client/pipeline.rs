@@ -59,7 +59,9 @@ use wiremux_proto::builder::CommandBuilder;
 /// ```
 #[derive(Debug)]
 pub struct Pipeline {
-    /// Answers received and not yet returned.
+    /// Answers received and not yet returned: the driver's last batch, as
+    /// it came, and the ones answered here.
+    batch: std::vec::IntoIter<Answer>,
     ready: VecDeque<Answer>,
     // Declared (so dropped) before `calls`: once the driver sees the call
     // channel close, it finds this stream closed too.
@@ -75,6 +77,7 @@ impl Pipeline {
     pub(super) fn new(calls: mpsc::UnboundedSender<Submit>) -> Pipeline {
         let (sink, answers) = mpsc::unbounded_channel();
         Pipeline {
+            batch: Vec::new().into_iter(),
             ready: VecDeque::new(),
             answers,
             sink,
@@ -128,7 +131,9 @@ impl Pipeline {
         if self.queued.is_empty() {
             return;
         }
-        let jobs = std::mem::take(&mut self.queued);
+        // The next batch is likely as large: no regrowing it call by call.
+        let room = self.queued.len().min(1024);
+        let jobs = std::mem::replace(&mut self.queued, Vec::with_capacity(room));
         let batch = Submit::Batch {
             sink: self.sink.clone(),
             jobs,
@@ -182,19 +187,21 @@ impl Pipeline {
     /// Cancel-safe: dropping the future (in a `select!`, say) loses no
     /// answer.
     pub async fn next(&mut self) -> Option<Answer> {
-        if self.ready.is_empty() {
+        if self.ready.is_empty() && self.batch.len() == 0 {
             self.flush();
         }
         if self.in_flight == 0 {
             return None;
         }
-        if self.ready.is_empty() {
-            // The stream cannot end while this pipeline holds a sender, and
-            // the driver answers every call it was given.
-            let batch = self.answers.recv().await?;
-            self.ready.extend(batch);
-        }
-        let answer = self.ready.pop_front()?;
+        let answer = match self.ready.pop_front().or_else(|| self.batch.next()) {
+            Some(answer) => answer,
+            None => {
+                // The stream cannot end while this pipeline holds a sender,
+                // and the driver answers every call it was given.
+                self.batch = self.answers.recv().await?.into_iter();
+                self.batch.next()?
+            }
+        };
         self.in_flight -= 1;
         Some(answer)
     }
