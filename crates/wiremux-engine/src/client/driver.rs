@@ -632,12 +632,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
     /// handle is left). Returns whether there were any.
     fn take_outbox(&mut self, cx: &mut Context<'_>) -> bool {
         let mut taken = std::mem::take(&mut self.taken);
-        let any = self.outbox.take(cx.waker(), !self.calls_open, &mut taken);
+        if !self.outbox.take(cx.waker(), !self.calls_open, &mut taken) {
+            self.taken = taken;
+            return false;
+        }
         for job in taken.drain(..) {
             self.enqueue(job);
         }
         self.taken = taken;
-        any
+        true
     }
 
     /// Whether nobody can take this call's answer any more.

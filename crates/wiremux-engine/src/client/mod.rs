@@ -115,6 +115,9 @@ pub(crate) enum Reply {
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
     state: Mutex<OutboxState>,
+    /// Set when calls are handed over, cleared when the driver looks: the
+    /// driver takes the lock only when there is something to take.
+    handed: std::sync::atomic::AtomicBool,
     /// The driver's task, woken when calls are handed over.
     driver: futures::task::AtomicWaker,
 }
@@ -134,7 +137,12 @@ impl Outbox {
     /// order, after registering `waker` for the next flush. Returns whether
     /// there were any.
     pub(crate) fn take(&self, waker: &std::task::Waker, all: bool, into: &mut Vec<Job>) -> bool {
+        use std::sync::atomic::Ordering;
+        // Registered before looking, so a flush after the look wakes it.
         self.driver.register(waker);
+        if !self.handed.swap(false, Ordering::AcqRel) && !all {
+            return false;
+        }
         let mut state = lock(&self.state);
         let n = if all { state.jobs.len() } else { state.handed };
         state.handed = 0;
@@ -255,6 +263,9 @@ impl Client {
             if state.handed < state.jobs.len() {
                 state.handed = state.jobs.len();
                 drop(state);
+                self.outbox
+                    .handed
+                    .store(true, std::sync::atomic::Ordering::Release);
                 self.outbox.driver.wake();
             }
             return;
