@@ -24,6 +24,7 @@
 use crate::frame::{Flags, Frame, FrameType};
 use crate::human::format_flags;
 use crate::id_map::IdMap;
+use crate::slots::IdTable;
 use bytes::{Bytes, BytesMut};
 
 /// Number of odd request IDs.
@@ -421,10 +422,65 @@ struct Pending {
     keep: bool,
 }
 
+/// Values by request ID: the client's own (odd) IDs in a direct-index
+/// [`IdTable`], looked up on every response frame; any even ID a caller
+/// expects, in a map beside it.
+#[derive(Debug)]
+struct ById<V> {
+    odd: IdTable<V>,
+    even: IdMap<V>,
+}
+
+impl<V> Default for ById<V> {
+    fn default() -> Self {
+        ById {
+            odd: IdTable::default(),
+            even: IdMap::default(),
+        }
+    }
+}
+
+impl<V> ById<V> {
+    fn get_mut(&mut self, id: u16) -> Option<&mut V> {
+        if id % 2 == 1 {
+            self.odd.get_mut(id)
+        } else {
+            self.even.get_mut(&id)
+        }
+    }
+
+    fn insert(&mut self, id: u16, value: V) {
+        if id % 2 == 1 {
+            self.odd.insert(id, value);
+        } else {
+            self.even.insert(id, value);
+        }
+    }
+
+    fn remove(&mut self, id: u16) -> Option<V> {
+        if id % 2 == 1 {
+            self.odd.remove(id)
+        } else {
+            self.even.remove(&id)
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.odd.len() + self.even.len()
+    }
+
+    fn ids(&self) -> impl Iterator<Item = u16> + '_ {
+        self.odd
+            .iter()
+            .map(|(id, _)| id)
+            .chain(self.even.keys().copied())
+    }
+}
+
 /// Assembles whole responses from response frames, per request ID.
 #[derive(Debug)]
 pub struct ResponseAssembler {
-    pending: IdMap<Pending>,
+    pending: ById<Pending>,
     max_response: usize,
 }
 
@@ -438,7 +494,7 @@ impl ResponseAssembler {
     /// An assembler that accepts responses of up to 1 GiB.
     pub fn new() -> ResponseAssembler {
         ResponseAssembler {
-            pending: IdMap::default(),
+            pending: ById::default(),
             max_response: 1 << 30,
         }
     }
@@ -464,7 +520,7 @@ impl ResponseAssembler {
     /// request still completes, with an empty body, when its last frame
     /// arrives, so the ID can be freed then.
     pub fn discard(&mut self, request_id: u16) {
-        if let Some(p) = self.pending.get_mut(&request_id) {
+        if let Some(p) = self.pending.get_mut(request_id) {
             p.keep = false;
             p.body = BytesMut::new();
         }
@@ -477,7 +533,7 @@ impl ResponseAssembler {
 
     /// The IDs still waiting, in no particular order.
     pub fn pending_ids(&self) -> impl Iterator<Item = u16> + '_ {
-        self.pending.keys().copied()
+        self.pending.ids()
     }
 
     /// Feeds one frame; returns the response it completes, if any.
@@ -490,14 +546,14 @@ impl ResponseAssembler {
                 frame_type,
             });
         }
-        let Some(pending) = self.pending.get_mut(&request_id) else {
+        let Some(pending) = self.pending.get_mut(request_id) else {
             return Err(ClientError::UnexpectedResponse {
                 request_id,
                 frame_type,
             });
         };
         if frame_type == FrameType::ERROR_RESPONSE {
-            self.pending.remove(&request_id);
+            self.pending.remove(request_id);
             let message = String::from_utf8_lossy(&frame.payload).into_owned();
             let outcome = if frame.flags.contains(Flags::PROTOCOL) {
                 Outcome::ProtocolError(message)
@@ -528,7 +584,7 @@ impl ResponseAssembler {
             }
             if eos && pending.body.is_empty() {
                 // One-frame response: hand out the payload itself, no copy.
-                self.pending.remove(&request_id);
+                self.pending.remove(request_id);
                 return Ok(Some(Response {
                     request_id,
                     outcome: Outcome::Bytes(frame.payload),
@@ -541,7 +597,7 @@ impl ResponseAssembler {
         }
         let body = self
             .pending
-            .remove(&request_id)
+            .remove(request_id)
             .map(|p| p.body.freeze())
             .unwrap_or_default();
         Ok(Some(Response {
@@ -752,6 +808,32 @@ mod tests {
         let three = feed(&mut asm, "3 bytes-response eos ").unwrap().unwrap();
         assert_eq!(three.outcome, Outcome::Bytes("x".into()));
         assert_eq!(asm.pending(), 0);
+    }
+
+    #[test]
+    fn even_ids_are_assembled_like_odd_ones() {
+        // The client's own IDs are odd; an even one a caller expects is
+        // kept beside them and answered the same way.
+        let mut asm = ResponseAssembler::new();
+        asm.expect(2);
+        asm.expect(3);
+        let mut ids: Vec<u16> = asm.pending_ids().collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [2, 3]);
+        assert_eq!(
+            feed(&mut asm, "2 bytes-response continuation ab").unwrap(),
+            None
+        );
+        let two = feed(&mut asm, "2 bytes-response eos c").unwrap().unwrap();
+        assert_eq!(
+            (two.request_id, two.outcome),
+            (2, Outcome::Bytes("abc".into()))
+        );
+        assert!(matches!(
+            feed(&mut asm, "4 bytes-response eos x"),
+            Err(ClientError::UnexpectedResponse { request_id: 4, .. })
+        ));
+        assert_eq!(asm.pending(), 1);
     }
 
     #[test]
