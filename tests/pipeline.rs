@@ -341,3 +341,72 @@ async fn a_panic_in_the_connection_task_still_answers_every_call() {
         Error::ConnectionLost("the connection has closed".into())
     );
 }
+
+/// A peer that answers every command's data frame with it, as a
+/// bytes-response, and returns the data it was sent in the order it came.
+async fn recording_echo_peer(mut io: tokio::io::DuplexStream) -> Vec<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use wiremux::proto::{Flags, FrameType, Header, HEADER_LEN};
+    let (mut rbuf, mut written) = (Vec::new(), Vec::new());
+    let mut chunk = vec![0u8; 16 << 10];
+    loop {
+        let n = io.read(&mut chunk).await.expect("read");
+        if n == 0 {
+            return written;
+        }
+        rbuf.extend_from_slice(&chunk[..n]);
+        let (mut at, mut out) = (0, Vec::new());
+        while rbuf.len() - at >= HEADER_LEN {
+            let header = Header::parse(rbuf[at..at + HEADER_LEN].try_into().unwrap());
+            let end = at + HEADER_LEN + header.length;
+            if end > rbuf.len() {
+                break;
+            }
+            if header.frame_type == FrameType::COMMAND_DATA {
+                let data = &rbuf[at + HEADER_LEN..end];
+                written.push(String::from_utf8(data.to_vec()).unwrap());
+                let answer = Header {
+                    length: data.len(),
+                    request_id: header.request_id,
+                    frame_type: FrameType::BYTES_RESPONSE,
+                    flags: Flags::new(Flags::DATA_EOS),
+                };
+                out.extend_from_slice(&answer.to_bytes());
+                out.extend_from_slice(data);
+            }
+            at = end;
+        }
+        rbuf.drain(..at);
+        io.write_all(&out).await.expect("write");
+    }
+}
+
+/// Calls are written in the order they were started, whether they go out
+/// as they come or wait in the client's queue: here two batches, each
+/// more than the client buffers for writing, and more calls in all than
+/// there are request IDs, so that IDs are reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_written_in_the_order_they_were_started() {
+    let (ours, theirs) = tokio::io::duplex(64 << 10);
+    let peer = tokio::spawn(recording_echo_peer(theirs));
+    let client = Client::new(ours);
+    let mut pipeline = client.pipeline();
+    const CALLS: u64 = 40_000;
+    for tag in 0..CALLS / 2 {
+        pipeline.start(tag, echo(tag)).unwrap();
+    }
+    pipeline.flush();
+    for tag in CALLS / 2..CALLS {
+        pipeline.start(tag, echo(tag)).unwrap();
+    }
+    let answers = drain(&mut pipeline).await;
+    assert_eq!(answers.len() as u64, CALLS);
+    for (tag, result) in answers {
+        assert_eq!(result.unwrap().body, format!("echo {tag}"));
+    }
+    drop(pipeline);
+    drop(client);
+    let written = within("the peer's end", peer).await.unwrap();
+    let expected: Vec<String> = (0..CALLS).map(|tag| format!("echo {tag}")).collect();
+    assert!(written == expected, "the calls were written out of order");
+}

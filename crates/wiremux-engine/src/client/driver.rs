@@ -172,7 +172,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
             }
         }
         while let Ok(submit) = self.calls.try_recv() {
-            self.accept(submit);
+            self.accept(submit, false);
         }
         for job in self.outbox.close() {
             self.enqueue(job);
@@ -198,17 +198,29 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
         self.send_answers();
     }
 
-    /// Takes a handle's submission.
-    fn accept(&mut self, submit: Submit) {
+    /// Takes a handle's submission. With `send_now`, a pipeline's plain
+    /// calls are written at once while nothing waits ahead of them.
+    fn accept(&mut self, submit: Submit, send_now: bool) {
         match submit {
             Submit::Batch { sink, jobs } => {
                 let pipe = self.pipe_for(sink);
                 self.pipes[pipe].waiting += jobs.len();
+                // A pipeline dropped meanwhile: its calls take the queue,
+                // which answers them without sending them.
+                let mut direct = send_now && !self.is_gone(Reply::Tagged { pipe, tag: 0 }, None);
                 for mut job in jobs {
                     if let Reply::Tagged { tag, .. } = job.reply {
                         job.reply = Reply::Tagged { pipe, tag };
                     }
-                    self.enqueue(job);
+                    direct &= self.queue.is_empty() && self.wbuf.len() < WRITE_HIGH_WATER;
+                    if direct && job.is_plain() {
+                        if let Some(job) = self.send_plain(job) {
+                            direct = false;
+                            self.enqueue(job);
+                        }
+                    } else {
+                        self.enqueue(job);
+                    }
                 }
             }
             Submit::Abandon(slot) => {
@@ -247,6 +259,39 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
             self.timed.insert(seq, Loc::Queue);
         }
         self.queue.push_back(Pending { job, seq, deadline });
+    }
+
+    /// Writes a plain call (no dependency, timeout, keep or handle): the
+    /// path most pipelined calls take, with none of [`Driver::try_send`]'s
+    /// checks to make. Gives the call back if no ID is free.
+    fn send_plain(&mut self, job: Job) -> Option<Job> {
+        debug_assert!(job.is_plain());
+        let Ok(id) = self.ids.allocate() else {
+            return Some(job);
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let encoded = job
+            .command
+            .encode(id, self.codec.send_limit(), &mut self.wbuf);
+        if let Err(err) = encoded {
+            self.ids.release(id);
+            self.settle(job.reply, None, &job.extras, Err(err.into()));
+            return None;
+        }
+        self.responses.expect(id);
+        let f = InFlight {
+            seq,
+            reply: job.reply,
+            slot: None,
+            extras: job.extras,
+            named: Vec::new(),
+            answered: false,
+            deadline_ms: None,
+            deadline: None,
+        };
+        self.inflight.insert(id, f);
+        None
     }
 
     /// Queues an internal call ahead of the others.
@@ -602,7 +647,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
                 None => match self.calls.poll_recv(cx) {
                     Poll::Ready(Some(submit)) => {
                         progress = true;
-                        self.accept(submit);
+                        self.accept(submit, true);
                         continue;
                     }
                     Poll::Ready(None) => {

@@ -95,6 +95,14 @@ pub(crate) struct Job {
     pub reply: Reply,
 }
 
+impl Job {
+    /// A pipelined call with nothing to add to its frames and nothing to
+    /// wait for: it can be written as it was built.
+    pub fn is_plain(&self) -> bool {
+        matches!(self.reply, Reply::Tagged { .. }) && self.slot.is_none() && self.extras.is_empty()
+    }
+}
+
 /// Where a call's answer goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reply {

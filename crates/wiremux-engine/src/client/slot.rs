@@ -98,6 +98,11 @@ impl Extras {
         }
     }
 
+    /// No dependency, no timeout, no keep.
+    pub fn is_empty(&self) -> bool {
+        self.deps.is_empty() && self.timeout.is_none() && !self.keep
+    }
+
     /// The call has its answer: its dependencies stop counting it.
     pub fn ended(&self) {
         for dep in &self.deps {
