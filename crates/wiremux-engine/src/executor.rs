@@ -103,6 +103,8 @@ pub struct Executor {
     streams: Option<FuturesUnordered<StreamFuture<TokenStream>>>,
     parked: Vec<TokenStream>,
     timer: Option<(Instant, Pin<Box<Sleep>>)>,
+    /// The waker the timer was last polled with, until it fires or moves.
+    timer_waker: Option<std::task::Waker>,
     pub(crate) stats: LocalStats,
 }
 
@@ -127,6 +129,7 @@ impl Executor {
             streams: None,
             parked: Vec::new(),
             timer: None,
+            timer_waker: None,
             stats: LocalStats::default(),
         }
     }
@@ -479,7 +482,9 @@ impl Executor {
     /// (the idle timeout, on every request of a quiet connection); a timer
     /// left at an earlier moment, or left armed when no timeout is due,
     /// wakes the connection once and is then set to the real moment. So a
-    /// request costs no timer registration, only a comparison.
+    /// request costs no timer registration, only a comparison. Nor is the
+    /// timer polled again before its moment while it already holds this
+    /// task's waker: it cannot have fired, and it will wake the task.
     fn poll_timer(
         &mut self,
         lifecycle: &mut Lifecycle,
@@ -500,15 +505,28 @@ impl Executor {
         if at < *armed {
             *armed = at;
             sleep.as_mut().reset(tokio::time::Instant::from_std(at));
+            self.timer_waker = None;
+        }
+        let registered = self.timer_waker.as_ref();
+        if now < *armed && registered.is_some_and(|w| w.will_wake(cx.waker())) {
+            return false;
         }
         while sleep.as_mut().poll(cx).is_ready() {
             if *armed == at {
+                self.timer_waker = None;
                 lifecycle.handle_timeout(at.max(now));
                 return true;
             }
             // Set for a moment since moved later: the real one is ahead.
             *armed = at;
             sleep.as_mut().reset(tokio::time::Instant::from_std(at));
+        }
+        if !self
+            .timer_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            self.timer_waker = Some(cx.waker().clone());
         }
         false
     }
@@ -536,6 +554,7 @@ impl Executor {
         self.streams = None;
         self.parked.clear();
         self.timer = None;
+        self.timer_waker = None;
         lifecycle.abandon();
         self.fold(lifecycle);
     }
