@@ -89,6 +89,8 @@ pub(crate) struct Driver<IO> {
     /// Calls started by the handles; `taken` is what was last taken from
     /// it, swapped with the outbox's buffer.
     outbox: Arc<Outbox>,
+    /// This poll's waker is registered with the outbox.
+    outbox_registered: bool,
     taken: Vec<Job>,
     /// Calls to try to write, in order.
     queue: VecDeque<Pending>,
@@ -125,6 +127,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
             calls,
             calls_open: true,
             outbox,
+            outbox_registered: false,
             taken: Vec::new(),
             queue: VecDeque::new(),
             held: HashMap::new(),
@@ -521,9 +524,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
 
     /// Runs until the connection ends; the error every pending call gets.
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Error>> {
+        self.outbox_registered = false;
         for _ in 0..ROUNDS_PER_WAKE {
             let mut progress = self.poll_timers(cx);
-            progress |= self.take_calls(cx);
+            let first_timer = self.timers.first().copied();
+            let (took, parked) = self.take_calls(cx);
+            progress |= took;
             progress |= self.poll_write(cx)?;
             let read = self.poll_read(cx)?;
             self.send_answers();
@@ -545,7 +551,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
                     "the client was dropped",
                 )));
             }
-            if !progress {
+            // Another round only if something may be left to do at once:
+            // every call was taken and nothing came back to the queue,
+            // the write went as far as it could, the read found no more and
+            // the timer is set for the first timeout, each with this task's
+            // waker, so each wakes the driver when there is more.
+            let settled =
+                parked && self.queue.is_empty() && self.timers.first().copied() == first_timer;
+            if !progress || settled {
                 return Poll::Pending;
             }
         }
@@ -633,13 +646,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
         }
     }
 
-    /// Encodes new calls while request IDs and buffer room last.
-    fn take_calls(&mut self, cx: &mut Context<'_>) -> bool {
+    /// Encodes new calls while request IDs and buffer room last. Returns
+    /// whether it did anything, and whether it stopped because no call is
+    /// left to take (the handles will wake the driver for the next one).
+    fn take_calls(&mut self, cx: &mut Context<'_>) -> (bool, bool) {
         let mut progress = false;
         while self.wbuf.len() < WRITE_HIGH_WATER {
             let p = match self.queue.pop_front() {
                 Some(p) => p,
-                None if !self.calls_open => break,
+                None if !self.calls_open => return (progress, true),
                 None if self.take_outbox(cx) => {
                     progress = true;
                     continue;
@@ -658,9 +673,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
                             progress = true;
                             continue;
                         }
-                        break;
+                        return (progress, true);
                     }
-                    Poll::Pending => break,
+                    Poll::Pending => return (progress, true),
                 },
             };
             if let Tried::NoId(p) = self.try_send(p) {
@@ -670,17 +685,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
             }
             progress = true;
         }
-        progress
+        (progress, false)
     }
 
     /// Queues the calls the handles have flushed (all of them once no
     /// handle is left). Returns whether there were any.
     fn take_outbox(&mut self, cx: &mut Context<'_>) -> bool {
-        let mut taken = std::mem::take(&mut self.taken);
-        if !self.outbox.take(cx.waker(), !self.calls_open, &mut taken) {
-            self.taken = taken;
+        let waker = (!self.outbox_registered).then(|| cx.waker());
+        self.outbox_registered = true;
+        if !self.outbox.take(waker, !self.calls_open, &mut self.taken) {
             return false;
         }
+        let mut taken = std::mem::take(&mut self.taken);
         for job in taken.drain(..) {
             self.enqueue(job);
         }

@@ -143,12 +143,24 @@ struct OutboxState {
 impl Outbox {
     /// Moves the calls flushed (every call, with `all`) into `into`, in
     /// order, after registering `waker` for the next flush. Returns whether
-    /// there were any.
-    pub(crate) fn take(&self, waker: &std::task::Waker, all: bool, into: &mut Vec<Job>) -> bool {
+    /// there were any. The driver gives its waker at its first look of a
+    /// poll only: registering it again would change nothing, at a cost.
+    pub(crate) fn take(
+        &self,
+        waker: Option<&std::task::Waker>,
+        all: bool,
+        into: &mut Vec<Job>,
+    ) -> bool {
         use std::sync::atomic::Ordering;
         // Registered before looking, so a flush after the look wakes it.
-        self.driver.register(waker);
-        if !self.handed.swap(false, Ordering::AcqRel) && !all {
+        if let Some(waker) = waker {
+            self.driver.register(waker);
+        }
+        // A look, and a write only if there is something: most looks find
+        // nothing.
+        let handed =
+            self.handed.load(Ordering::Acquire) && self.handed.swap(false, Ordering::AcqRel);
+        if !handed && !all {
             return false;
         }
         let mut state = lock(&self.state);
@@ -542,22 +554,25 @@ mod tests {
         let waker = futures::task::noop_waker();
         let mut taken = Vec::new();
         assert!(
-            !client.outbox.take(&waker, false, &mut taken),
+            !client.outbox.take(Some(&waker), false, &mut taken),
             "nothing yet"
         );
         lock(&client.outbox.state).jobs.extend([job(1), job(2)]);
         assert!(
-            !client.outbox.take(&waker, false, &mut taken),
+            !client.outbox.take(Some(&waker), false, &mut taken),
             "not flushed"
         );
         client.flush();
         lock(&client.outbox.state).jobs.push(job(3));
-        assert!(client.outbox.take(&waker, false, &mut taken));
+        assert!(client.outbox.take(Some(&waker), false, &mut taken));
         assert_eq!(tags(&taken), [1, 2], "only the flushed ones");
         taken.clear();
-        assert!(!client.outbox.take(&waker, false, &mut taken), "taken once");
         assert!(
-            client.outbox.take(&waker, true, &mut taken),
+            !client.outbox.take(Some(&waker), false, &mut taken),
+            "taken once"
+        );
+        assert!(
+            client.outbox.take(Some(&waker), true, &mut taken),
             "all, at the end"
         );
         assert_eq!(tags(&taken), [3]);
@@ -571,5 +586,33 @@ mod tests {
         assert!(lock(&client.outbox.state).jobs.is_empty());
         let result = slot.lock().result.clone().expect("answered");
         assert_eq!(result.unwrap_err(), closed());
+    }
+
+    #[test]
+    fn a_flush_wakes_the_waker_given_at_the_first_look_of_a_poll() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Count(AtomicUsize);
+        impl futures::task::ArcWake for Count {
+            fn wake_by_ref(count: &Arc<Self>) {
+                count.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = futures::task::waker(count.clone());
+        let (calls, _rx) = mpsc::unbounded_channel();
+        let client = Client {
+            calls,
+            outbox: Arc::default(),
+        };
+        let mut taken = Vec::new();
+        assert!(!client.outbox.take(Some(&waker), false, &mut taken));
+        // The driver's later looks in the same poll give no waker.
+        assert!(!client.outbox.take(None, false, &mut taken));
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        lock(&client.outbox.state).jobs.push(job(1));
+        client.flush();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "the flush woke it");
+        assert!(client.outbox.take(None, false, &mut taken));
+        assert_eq!(tags(&taken), [1]);
     }
 }
