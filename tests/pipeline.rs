@@ -3,6 +3,10 @@
 //! whatever happens to the connection.
 
 mod common;
+// Only its frame splitter is used here.
+#[allow(dead_code)]
+#[path = "../benches/support/raw_frame.rs"]
+mod raw_frame;
 
 use common::{wait_idle, wait_stats, within};
 use std::collections::BTreeMap;
@@ -346,38 +350,23 @@ async fn a_panic_in_the_connection_task_still_answers_every_call() {
 /// bytes-response, and returns the data it was sent in the order it came.
 async fn recording_echo_peer(mut io: tokio::io::DuplexStream) -> Vec<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use wiremux::proto::{Flags, FrameType, Header, HEADER_LEN};
-    let (mut rbuf, mut written) = (Vec::new(), Vec::new());
-    let mut chunk = vec![0u8; 16 << 10];
+    use wiremux::proto::FrameType;
+    let (mut rbuf, mut out) = (bytes::BytesMut::new(), bytes::BytesMut::new());
+    let mut written = Vec::new();
     loop {
-        let n = io.read(&mut chunk).await.expect("read");
-        if n == 0 {
+        rbuf.reserve(16 << 10);
+        if io.read_buf(&mut rbuf).await.expect("read") == 0 {
             return written;
         }
-        rbuf.extend_from_slice(&chunk[..n]);
-        let (mut at, mut out) = (0, Vec::new());
-        while rbuf.len() - at >= HEADER_LEN {
-            let header = Header::parse(rbuf[at..at + HEADER_LEN].try_into().unwrap());
-            let end = at + HEADER_LEN + header.length;
-            if end > rbuf.len() {
-                break;
+        raw_frame::for_each_frame(&mut rbuf, |header, data| {
+            if header.frame_type != FrameType::COMMAND_DATA {
+                return;
             }
-            if header.frame_type == FrameType::COMMAND_DATA {
-                let data = &rbuf[at + HEADER_LEN..end];
-                written.push(String::from_utf8(data.to_vec()).unwrap());
-                let answer = Header {
-                    length: data.len(),
-                    request_id: header.request_id,
-                    frame_type: FrameType::BYTES_RESPONSE,
-                    flags: Flags::new(Flags::DATA_EOS),
-                };
-                out.extend_from_slice(&answer.to_bytes());
-                out.extend_from_slice(data);
-            }
-            at = end;
-        }
-        rbuf.drain(..at);
+            written.push(String::from_utf8(data.to_vec()).unwrap());
+            raw_frame::put_answer(&mut out, header.request_id, data);
+        });
         io.write_all(&out).await.expect("write");
+        out.clear();
     }
 }
 

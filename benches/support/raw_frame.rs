@@ -29,14 +29,7 @@ pub async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO) {
                 FrameType::COMMAND_NAME if header.flags.contains(Flags::EOS) => &[],
                 _ => return,
             };
-            let response = Header {
-                length: data.len(),
-                request_id: header.request_id,
-                frame_type: FrameType::BYTES_RESPONSE,
-                flags: Flags::new(Flags::DATA_EOS),
-            };
-            wbuf.put_slice(&response.to_bytes());
-            wbuf.put_slice(data);
+            put_answer(&mut wbuf, header.request_id, data);
         });
         if !wbuf.is_empty() {
             if io.write_all(&wbuf).await.is_err() {
@@ -45,6 +38,19 @@ pub async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO) {
             wbuf.clear();
         }
     }
+}
+
+/// Appends the answer to request `request_id` whose data is `data`: one
+/// `eos` bytes-response holding it.
+pub fn put_answer(out: &mut BytesMut, request_id: u16, data: &[u8]) {
+    let response = Header {
+        length: data.len(),
+        request_id,
+        frame_type: FrameType::BYTES_RESPONSE,
+        flags: Flags::new(Flags::DATA_EOS),
+    };
+    out.put_slice(&response.to_bytes());
+    out.put_slice(data);
 }
 
 /// Calls `f` with every complete frame at the front of `buf` and removes

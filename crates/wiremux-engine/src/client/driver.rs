@@ -210,7 +210,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
                 self.pipes[pipe].waiting += jobs.len();
                 // A pipeline dropped meanwhile: its calls take the queue,
                 // which answers them without sending them.
-                let mut direct = send_now && !self.is_gone(Reply::Tagged { pipe, tag: 0 }, None);
+                let mut direct = send_now && self.pipe_open(pipe);
                 for mut job in jobs {
                     if let Reply::Tagged { tag, .. } = job.reply {
                         job.reply = Reply::Tagged { pipe, tag };
@@ -704,6 +704,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
         true
     }
 
+    /// Whether pipeline `pipe` can still take answers.
+    fn pipe_open(&self, pipe: usize) -> bool {
+        self.pipes[pipe]
+            .sink
+            .as_ref()
+            .is_some_and(|s| !s.is_closed())
+    }
+
     /// Whether nobody can take this call's answer any more.
     fn is_gone(&self, reply: Reply, slot: Option<&Arc<Slot>>) -> bool {
         match reply {
@@ -711,10 +719,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
                 let state = s.lock();
                 state.abandoned && state.dependents == 0
             }),
-            Reply::Tagged { pipe, .. } => !self.pipes[pipe]
-                .sink
-                .as_ref()
-                .is_some_and(|s| !s.is_closed()),
+            Reply::Tagged { pipe, .. } => !self.pipe_open(pipe),
             Reply::Probe | Reply::Cancel { .. } => false,
         }
     }
