@@ -44,7 +44,8 @@ fn a_header_announcing_16_mib_is_refused_before_buffering() {
 /// `protocol` error-response arrives, while a thread reads every frame
 /// until the server closes. Returns the bytes written when the protocol
 /// error arrived (the server may have read fewer: the rest were in socket
-/// buffers) and the frames read, as human lines.
+/// buffers, and while the server drains input after the error, writing
+/// goes on until the reader sees it) and the frames read, as human lines.
 fn stream_until_cut(s: &mut TcpStream, block: &[u8], max_bytes: usize) -> (usize, Vec<String>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
@@ -103,6 +104,7 @@ const DISCARD_CUT: &str = "1 error-response protocol request 1: more than 838860
 fn a_data_stream_that_never_ends_is_cut_at_the_discard_limit() {
     let server = ServeProcess::start();
     let before = server.rss_kib();
+    let read_before = server.bytes_read_when_idle();
     let sampler = Sampler::rss(&server);
     let victim = Victim::start(&server);
     let mut s = server.connect();
@@ -111,9 +113,13 @@ fn a_data_stream_that_never_ends_is_cut_at_the_discard_limit() {
     let block = continuation_block(wiremux_proto::FrameType::COMMAND_DATA, 32768, 32);
     let (sent, frames) = stream_until_cut(&mut s, &block, 256 << 20);
     let (calls, p50, p99, max) = victim.stop();
+    // What the server read from the attacker: the count a timing of the
+    // socket buffers or of the reader thread does not change.
+    let read = server.bytes_read_when_idle() - read_before - calls as u64 * Victim::CALL_BYTES;
     let peak = sampler.peak().max(before);
     // The request is refused at 8 MiB, its frames are dropped for 8 MiB
-    // more, and then the connection is cut.
+    // more, and then the connection is cut (less than one read buffer
+    // after).
     assert_eq!(
         frames,
         [
@@ -121,10 +127,14 @@ fn a_data_stream_that_never_ends_is_cut_at_the_discard_limit() {
             DISCARD_CUT,
         ]
     );
-    assert!(sent < 32 << 20, "{sent} bytes went in before the cut");
+    assert!(
+        (16 << 20..17 << 20).contains(&read),
+        "the server read {read} bytes before the cut"
+    );
     println!(
-        "endless refused data stream: cut after {} KiB sent; server RSS {before} KiB, peak {peak} KiB; \
+        "endless refused data stream: cut after {} KiB read ({} KiB sent); server RSS {before} KiB, peak {peak} KiB; \
          victim {calls} calls, p50 {p50:?}, p99 {p99:?}, max {max:?}",
+        read / 1024,
         sent / 1024
     );
     assert!(
@@ -139,6 +149,7 @@ fn a_data_stream_that_never_ends_is_cut_at_the_discard_limit() {
 fn an_argument_streaming_past_its_declared_length_is_cut_at_the_discard_limit() {
     let server = ServeProcess::start();
     let before = server.rss_kib();
+    let read_before = server.bytes_read_when_idle();
     let sampler = Sampler::rss(&server);
     let victim = Victim::start(&server);
     let mut s = server.connect();
@@ -154,6 +165,9 @@ fn an_argument_streaming_past_its_declared_length_is_cut_at_the_discard_limit() 
     let block = continuation_block(wiremux_proto::FrameType::COMMAND_ARGUMENT, 32768, 32);
     let (sent, frames) = stream_until_cut(&mut s, &block, 256 << 20);
     let (calls, p50, p99, max) = victim.stop();
+    // What the server read from the attacker: the count a timing of the
+    // socket buffers or of the reader thread does not change.
+    let read = server.bytes_read_when_idle() - read_before - calls as u64 * Victim::CALL_BYTES;
     let peak = sampler.peak().max(before);
     assert_eq!(
         frames,
@@ -162,10 +176,16 @@ fn an_argument_streaming_past_its_declared_length_is_cut_at_the_discard_limit() 
             DISCARD_CUT,
         ]
     );
-    assert!(sent < 32 << 20, "{sent} bytes went in before the cut");
+    // Refused at its first continuation, its frames dropped for 8 MiB,
+    // then the connection is cut (less than one read buffer after).
+    assert!(
+        (8 << 20..9 << 20).contains(&read),
+        "the server read {read} bytes before the cut"
+    );
     println!(
-        "argument past its value_len: cut after {} KiB sent; server RSS {before} KiB, peak {peak} KiB; \
+        "argument past its value_len: cut after {} KiB read ({} KiB sent); server RSS {before} KiB, peak {peak} KiB; \
          victim {calls} calls, p50 {p50:?}, p99 {p99:?}, max {max:?}",
+        read / 1024,
         sent / 1024
     );
     assert!(peak < before + 48 * 1024);

@@ -127,18 +127,32 @@ impl ServeProcess {
     /// Waits until the in-flight count is `n` (a hang guard of 60 s, not a
     /// time limit under test).
     pub fn wait_in_flight(&self, n: u64) {
+        self.wait_metric("wiremux_requests_in_flight", n);
+    }
+
+    /// Waits until the metric `name` is `n` (a hang guard of 60 s, not a
+    /// time limit under test).
+    pub fn wait_metric(&self, name: &str, n: u64) {
         let started = Instant::now();
         loop {
-            let now = self.in_flight();
+            let now = self.metric(name);
             if now == n {
                 return;
             }
             assert!(
                 started.elapsed() < Duration::from_secs(60),
-                "in flight stayed at {now}, not {n}"
+                "{name} stayed at {now}, not {n}"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The bytes the server has read, counted once every connection has
+    /// closed (a connection adds its count to the server's as it ends).
+    /// Input drained after a protocol error is not counted.
+    pub fn bytes_read_when_idle(&self) -> u64 {
+        self.wait_metric("wiremux_connections_open", 0);
+        self.metric("wiremux_bytes_in_total")
     }
 }
 
@@ -297,7 +311,12 @@ pub struct Victim {
 }
 
 impl Victim {
-    /// Sequential `echo` calls over the frame protocol (TCP).
+    /// The bytes one TCP call sends: a 6-byte header with `echo`, and one
+    /// with `victim`.
+    pub const CALL_BYTES: u64 = 6 + 4 + 6 + 6;
+
+    /// Sequential `echo` calls over the frame protocol (TCP), of
+    /// [`Victim::CALL_BYTES`] each.
     pub fn start(server: &ServeProcess) -> Victim {
         let mut s = server.connect();
         let mut buf = BytesMut::new();
@@ -305,6 +324,7 @@ impl Victim {
         Self::start_calls(move || {
             let mut wire = BytesMut::new();
             encode(CommandBuilder::new("echo").data("victim"), id, &mut wire);
+            debug_assert_eq!(wire.len() as u64, Self::CALL_BYTES);
             s.write_all(&wire).unwrap();
             let frame = read_frame(&mut s, &mut buf).expect("victim answered");
             assert_eq!(
