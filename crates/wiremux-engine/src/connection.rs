@@ -267,9 +267,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 Ok(Some(frame)) => {
                     progress = true;
                     // A command in two frames read together is taken in
-                    // one step: its name frame starts nothing to run.
-                    self.lifecycle.on_frame_in_run(frame, &mut self.run, now);
-                    self.executor.run_events(&mut self.lifecycle, now);
+                    // one step, and started at once.
+                    self.executor
+                        .take_frame(&mut self.lifecycle, frame, &mut self.run, now);
                     if self.lifecycle.is_failed() {
                         self.check_lifecycle();
                         return Ok(true);

@@ -26,8 +26,9 @@ use std::time::Instant;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::AbortHandle;
 use tokio::time::Sleep;
+use wiremux_proto::codec::FrameRun;
 use wiremux_proto::lifecycle::{Event, Lifecycle, Token};
-use wiremux_proto::{CommandError, IdTable, Request};
+use wiremux_proto::{CommandError, Frame, IdTable, Request};
 
 type Outcome = Result<Response, CommandError>;
 type PermitFuture = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>;
@@ -197,15 +198,49 @@ impl Executor {
         while let Some(event) = lifecycle.poll_event() {
             any = true;
             match event {
-                Event::Run(token, request) => self.start(lifecycle, token, request, now),
+                Event::Run(token, request) => self.start(lifecycle, token, request, now, false),
                 Event::Cancel(token) => self.cancel(token, now),
             }
         }
         any
     }
 
-    /// Runs a command: permission, first poll here, then a task.
-    fn start(&mut self, lifecycle: &mut Lifecycle, token: Token, request: Request, now: Instant) {
+    /// Takes one frame decoded from `run` (and with it the next, when the
+    /// two are a whole command) into `lifecycle`, and starts at once what
+    /// that completes: how a transport that decodes with
+    /// [`FrameCodec::decode_batched`](wiremux_proto::FrameCodec::decode_batched)
+    /// feeds its input, so that a command complete in the middle of a read
+    /// runs (and, if ready, answers) before the frames after it are taken
+    /// in. A whole command in two frames is lent by the lifecycle
+    /// ([`Lifecycle::on_frame_lending`]) and, when its handler answers at
+    /// its start, answered with no event and no state kept for it.
+    #[inline]
+    pub fn take_frame(
+        &mut self,
+        lifecycle: &mut Lifecycle,
+        frame: Frame,
+        run: &mut FrameRun,
+        now: Instant,
+    ) {
+        match lifecycle.on_frame_lending(frame, run, now) {
+            Some((token, request)) => self.start(lifecycle, token, request, now, true),
+            None => {
+                self.run_events(lifecycle, now);
+            }
+        }
+    }
+
+    /// Runs a command: permission, first poll here, then a task. A
+    /// command `lent` by the lifecycle is answered there if its handler
+    /// answers whole at its start, and admitted to it otherwise.
+    fn start(
+        &mut self,
+        lifecycle: &mut Lifecycle,
+        token: Token,
+        request: Request,
+        now: Instant,
+        lent: bool,
+    ) {
         // The request's span covers its first poll here; a handler that
         // moves to its own task carries the span there.
         let span = tracing::debug_span!("request", id = token.id);
@@ -213,6 +248,22 @@ impl Executor {
         let (row, started) = self.shared.registry.start_counted(request, self.granted);
         let row = row.unwrap_or_else(|| self.shared.stats.unknown_row());
         self.stats.request_started(row);
+        let started = match (lent, started) {
+            (
+                true,
+                Ok(Started::Ready(Ok(Response {
+                    body: Body::Bytes(body),
+                }))),
+            ) => {
+                self.stats.request_ended_at_once(row, true);
+                return lifecycle.answer_lent(token, body);
+            }
+            (true, started) => {
+                lifecycle.admit_lent(token);
+                started
+            }
+            (false, started) => started,
+        };
         let mut fut = match started {
             Ok(Started::Ready(outcome)) => {
                 return self.at_once(lifecycle, token, row, outcome, now)

@@ -256,6 +256,9 @@ pub struct Lifecycle {
     /// `send`'s ended responses being processed (kept to reuse its
     /// allocation).
     ended: Vec<(u16, End)>,
+    /// The request lent by [`Lifecycle::on_frame_lending`], until it is
+    /// answered or admitted.
+    lent: Option<Token>,
     errored: bool,
     input_ended: bool,
     assembly_since: Option<Instant>,
@@ -283,6 +286,7 @@ impl Lifecycle {
             live_deadlines: 0,
             events: VecDeque::new(),
             ended: Vec::new(),
+            lent: None,
             errored: false,
             input_ended: false,
             assembly_since: None,
@@ -302,6 +306,7 @@ impl Lifecycle {
 
     /// Takes one frame that arrived at `now`.
     pub fn on_frame(&mut self, frame: Frame, now: Instant) {
+        debug_assert!(self.lent.is_none(), "a lent request was not given back");
         if self.errored {
             return;
         }
@@ -353,6 +358,128 @@ impl Lifecycle {
             Some(data) => self.on_name_and_data(frame, data, now),
             None => self.on_frame(frame, now),
         }
+    }
+
+    /// [`Lifecycle::on_frame_in_run`] for a transport that starts commands
+    /// where it reads them: a whole command in two frames (as
+    /// [`FrameRun::take_sole_data`] pairs them) that can start now, with no
+    /// reserved name, no deadline and no in-order answer to wait for, is
+    /// not queued as an [`Event::Run`] but lent to the caller, with no
+    /// state here yet. Before anything else on this lifecycle the caller
+    /// gives it back, either answered, with [`Lifecycle::answer_lent`]
+    /// (most commands: the request begins and ends in that call), or
+    /// started and still to answer, with [`Lifecycle::admit_lent`] (it is
+    /// then running, as if it had come out of [`Lifecycle::poll_event`]).
+    /// Both ways decide what the event would have: the same frames go out
+    /// and the same outcome is remembered.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use wiremux_proto::codec::{FrameCodec, FrameRun};
+    /// use wiremux_proto::lifecycle::{Lifecycle, LifecycleConfig};
+    ///
+    /// let now = Instant::now();
+    /// let mut lc = Lifecycle::new(LifecycleConfig::default());
+    /// let mut input = bytes::BytesMut::new();
+    /// for line in ["1 command-name have-data echo", "1 command-data eos hello"] {
+    ///     wiremux_proto::human::parse_frame(line).unwrap().encode(&mut input);
+    /// }
+    /// let (mut codec, mut run) = (FrameCodec::new(), FrameRun::default());
+    /// let frame = codec.decode_batched(&mut run, &mut input).unwrap().unwrap();
+    /// let (token, request) = lc.on_frame_lending(frame, &mut run, now).unwrap();
+    /// assert_eq!((&request.name[..], request.data.as_deref()), (&b"echo"[..], Some(&b"hello"[..])));
+    /// assert!(!lc.has_event());
+    /// lc.answer_lent(token, request.data.unwrap());
+    /// let wire = lc.poll_transmit(usize::MAX).split().freeze();
+    /// let frames = wiremux_proto::decode_all(&wire).unwrap();
+    /// assert_eq!(wiremux_proto::human::format_frame(&frames[0]), "1 bytes-response eos hello");
+    /// assert!(lc.is_done());
+    /// ```
+    #[inline]
+    pub fn on_frame_lending(
+        &mut self,
+        frame: Frame,
+        run: &mut FrameRun,
+        now: Instant,
+    ) -> Option<(Token, Request)> {
+        let Some(data) = run.take_sole_data(&frame) else {
+            self.on_frame(frame, now);
+            return None;
+        };
+        let id = frame.request_id;
+        debug_assert!(self.lent.is_none(), "a lent request was not given back");
+        let lendable = !self.errored
+            && !self.config.in_order
+            && self.config.request_deadline.is_none()
+            && frame.payload.first() != Some(&b'@')
+            && self.entries.get(id).is_none()
+            && self.reactor.lend_whole(&frame, &data);
+        if !lendable {
+            self.on_name_and_data(frame, data, now);
+            return None;
+        }
+        self.counters.frames_in += 2;
+        self.counters.requests_started += 1;
+        self.idle_since = None;
+        let seq = self.begin_unrecorded(id);
+        if self.reactor.receiving() > 0 {
+            self.assembly_since = Some(now);
+        }
+        let token = Token { id, seq };
+        self.lent = Some(token);
+        let request = Request {
+            request_id: id,
+            name: frame.payload,
+            args: Vec::new(),
+            data: Some(data.payload),
+            deadline: None,
+        };
+        Some((token, request))
+    }
+
+    /// The whole answer of the request lent as `token` (see
+    /// [`Lifecycle::on_frame_lending`]).
+    pub fn answer_lent(&mut self, token: Token, body: Bytes) {
+        self.give_back(token);
+        if self.processing || self.send.has_ended() || !self.send.push_body_now(token.id, &body) {
+            // Framed later (more than a frame, or behind other ends).
+            self.admit_lent_now(token);
+            return self.on_body(token, body);
+        }
+        // Ended here: what `ended` does for a request with nothing kept,
+        // no deadline and, its ID having been free, no one waiting for it.
+        debug_assert!(!self.waiters.contains_key(&token.id));
+        self.outcomes.set(token.id, false);
+        self.counters.requests_completed += 1;
+        if self.reactor.receiving() > 0 {
+            self.ended_while_receiving.insert(token.id, token.seq);
+        }
+    }
+
+    /// The request lent as `token` (see [`Lifecycle::on_frame_lending`])
+    /// was started and is not answered yet: it is running from now on, and
+    /// its outcome comes back as any other's.
+    pub fn admit_lent(&mut self, token: Token) {
+        self.give_back(token);
+        self.admit_lent_now(token);
+    }
+
+    #[inline]
+    fn give_back(&mut self, token: Token) {
+        let lent = self.lent.take();
+        debug_assert_eq!(lent, Some(token), "not the request lent");
+    }
+
+    fn admit_lent_now(&mut self, token: Token) {
+        self.reactor.register_whole(token.id);
+        self.entries.insert(
+            token.id,
+            Entry {
+                seq: token.seq,
+                phase: Phase::Running,
+                extra: None,
+            },
+        );
     }
 
     /// Takes two frames that arrived one after the other: the same as
@@ -427,6 +554,23 @@ impl Lifecycle {
 
     /// A command-name frame began request `id`.
     fn begin(&mut self, id: u16) {
+        let seq = self.begin_unrecorded(id);
+        // In-order mode answers in the order requests began: a request's
+        // dependencies began before it, so they are never queued behind it.
+        self.send.expect(id);
+        self.entries.insert(
+            id,
+            Entry {
+                seq,
+                phase: Phase::Receiving,
+                extra: None,
+            },
+        );
+    }
+
+    /// What beginning request `id` changes besides its entry; its `seq`.
+    #[inline]
+    fn begin_unrecorded(&mut self, id: u16) -> u32 {
         // A new command on an ID frees the body kept from its last one.
         if !self.kept.is_empty() {
             if let Some(body) = self.kept.remove(&id) {
@@ -436,19 +580,9 @@ impl Lifecycle {
         if !self.ended_while_receiving.is_empty() {
             self.ended_while_receiving.remove(&id);
         }
-        // In-order mode answers in the order requests began: a request's
-        // dependencies began before it, so they are never queued behind it.
-        self.send.expect(id);
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
-        self.entries.insert(
-            id,
-            Entry {
-                seq,
-                phase: Phase::Receiving,
-                extra: None,
-            },
-        );
+        seq
     }
 
     fn on_action(&mut self, action: Action, now: Instant) {
@@ -832,6 +966,7 @@ impl Lifecycle {
     /// bytes wait to be written, and gives the bytes to write. The
     /// transport writes from the front and `advance`s past what it wrote.
     pub fn poll_transmit(&mut self, high_water: usize) -> &mut BytesMut {
+        debug_assert!(self.lent.is_none(), "a lent request was not given back");
         // A request ending here may release others whose answers the
         // lifecycle gives itself (`@capabilities`, a failed dependency):
         // those are framed in the same call.

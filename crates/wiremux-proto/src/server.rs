@@ -822,20 +822,55 @@ impl ServerReactor {
     /// count as buffered: nothing can happen between its two frames.
     #[inline]
     pub fn start_whole(&mut self, name: &Frame, data: &Frame) -> bool {
-        let (id, data_len) = (name.request_id, data.payload.len());
-        let accepted = data.header().is_sole_data_of(&name.header())
-            && !self.errored
-            && id % 2 == 1
-            && matches!(self.slots.get(id), None | Some(Slot::Discarding { .. }))
-            && self.receiving < self.limits.max_receiving
-            && data_len <= self.limits.max_request_bytes
-            && self.buffered + data_len <= self.limits.max_connection_bytes;
+        let free = matches!(
+            self.slots.get(name.request_id),
+            None | Some(Slot::Discarding { .. })
+        );
+        let accepted = free && self.accepts_whole(name, data);
         if accepted {
             self.flood.on_request_started();
-            self.slots.insert(id, Slot::Active);
-            self.active += 1;
+            self.register_whole(name.request_id);
         }
         accepted
+    }
+
+    /// [`ServerReactor::start_whole`] for a request that is answered
+    /// before the reactor sees anything else, so that it need not be
+    /// recorded: `true` (counted as started, for the flood limits, and
+    /// nothing recorded) when `start_whole` would accept the two frames
+    /// and their ID has no state at all (not even frames of a refused
+    /// request being dropped). The caller then either answers it at once,
+    /// which frees its ID as [`ServerReactor::on_response_finished`]
+    /// would, or records it with [`ServerReactor::register_whole`] before
+    /// anything else reaches the reactor.
+    #[inline]
+    pub fn lend_whole(&mut self, name: &Frame, data: &Frame) -> bool {
+        let accepted = self.slots.get(name.request_id).is_none() && self.accepts_whole(name, data);
+        if accepted {
+            self.flood.on_request_started();
+        }
+        accepted
+    }
+
+    /// Records a request taken with [`ServerReactor::lend_whole`] as
+    /// running, exactly as `start_whole` would have.
+    #[inline]
+    pub fn register_whole(&mut self, request_id: u16) {
+        self.slots.insert(request_id, Slot::Active);
+        self.active += 1;
+    }
+
+    /// Whether the reactor would accept `name` and `data`, `data` the sole
+    /// data frame of `name`, on an ID free for a new command.
+    #[inline]
+    fn accepts_whole(&self, name: &Frame, data: &Frame) -> bool {
+        let data_len = data.payload.len();
+        data.header().is_sole_data_of(&name.header())
+            && !self.errored
+            && name.request_id % 2 == 1
+            && self.receiving < self.limits.max_receiving
+            && data_len <= self.limits.max_request_bytes
+            && self.buffered + data_len <= self.limits.max_connection_bytes
     }
 
     /// Stops a request whose frames are still arriving (it was cancelled):

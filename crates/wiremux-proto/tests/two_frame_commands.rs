@@ -7,6 +7,11 @@
 //! `FrameRun::take_sole_data`). Every byte out, every event and every
 //! counter must agree after every step. The same holds one level down,
 //! for `ServerReactor::start_whole` against `ServerReactor::on_frame`.
+//!
+//! And one level up: a command lent to the executor by
+//! `Lifecycle::on_frame_lending`, answered there (`answer_lent`) or
+//! admitted (`admit_lent`), must leave everything as the `Event::Run` it
+//! replaces would have, answered at the same point.
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
@@ -45,10 +50,15 @@ fn frame(id: u16, frame_type: FrameType, flags: u8, payload: Vec<u8>) -> Frame {
 
 /// An argument frame with `eoa` holding `a=` + value.
 fn arg_frame(id: u16, value: Vec<u8>) -> Frame {
-    let mut payload = vec![1, 0];
+    named_arg_frame(id, b"a", &value)
+}
+
+/// An argument frame with `eoa` holding `name=value`.
+fn named_arg_frame(id: u16, name: &[u8], value: &[u8]) -> Frame {
+    let mut payload = (name.len() as u16).to_le_bytes().to_vec();
     payload.extend_from_slice(&(value.len() as u16).to_le_bytes());
-    payload.push(b'a');
-    payload.extend_from_slice(&value);
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(value);
     frame(id, FrameType::COMMAND_ARGUMENT, Flags::EOA, payload)
 }
 
@@ -88,6 +98,17 @@ fn arb_frames() -> impl Strategy<Value = Vec<Frame>> {
             ]
         ),
         1 => (arb_id(), arb_data()).prop_map(|(id, value)| vec![arg_frame(id, value)]),
+        // A command that runs after another ID's request (what that
+        // request's end left behind decides it), its argument frame
+        // perhaps in a later read.
+        1 => (arb_id(), arb_id(), any::<bool>()).prop_map(|(id, after, whole)| {
+            let name = frame(id, FrameType::COMMAND_NAME, Flags::HAVE_ARGS, b"echo".to_vec());
+            let arg = named_arg_frame(id, b"@after", after.to_string().as_bytes());
+            if whole { vec![name, arg] } else { vec![name] }
+        }),
+        1 => (arb_id(), arb_id()).prop_map(|(id, after)| {
+            vec![named_arg_frame(id, b"@after", after.to_string().as_bytes())]
+        }),
         1 => (arb_id(), 0u8..16, arb_data())
             .prop_map(|(id, flags, data)| vec![frame(id, FrameType::COMMAND_DATA, flags, data)]),
         1 => (arb_id(), 6u8..16).prop_map(|(id, t)| vec![frame(id, FrameType::new(t), 0, vec![])]),
@@ -383,8 +404,232 @@ fn run_reactor(limits: Limits, steps: Vec<Step>) {
     }
 }
 
+/// One lifecycle fed as the engine feeds it, with an executor that starts
+/// every command as soon as the frame that completes it is taken: one
+/// whose data has a length of 0 modulo 3 answers with its data at once,
+/// 1 fails at once, 2 goes on (held until an `Answer` step).
+struct Feeder {
+    side: Side,
+    codec: FrameCodec,
+    run: FrameRun,
+    buf: BytesMut,
+    /// Every command started and every stop, in order.
+    log: Vec<String>,
+    lending: bool,
+    lent: usize,
+}
+
+impl Feeder {
+    fn new(config: &LifecycleConfig, lending: bool) -> Feeder {
+        Feeder {
+            side: Side::new(config),
+            codec: FrameCodec::new(),
+            run: FrameRun::default(),
+            buf: BytesMut::new(),
+            log: Vec::new(),
+            lending,
+            lent: 0,
+        }
+    }
+
+    fn read(&mut self, frames: &[Frame], now: Instant) {
+        frames.iter().for_each(|frame| frame.encode(&mut self.buf));
+        while let Some(frame) = self
+            .codec
+            .decode_batched(&mut self.run, &mut self.buf)
+            .unwrap()
+        {
+            if !self.lending {
+                self.side.lc.on_frame_in_run(frame, &mut self.run, now);
+            } else if let Some((token, request)) =
+                self.side.lc.on_frame_lending(frame, &mut self.run, now)
+            {
+                self.lent += 1;
+                self.start(token, request, true);
+            }
+            self.run_events();
+        }
+    }
+
+    fn run_events(&mut self) {
+        while let Some(event) = self.side.lc.poll_event() {
+            match event {
+                Event::Run(token, request) => self.start(token, request, false),
+                Event::Cancel(token) => {
+                    self.log.push(format!("{event:?}"));
+                    self.side.held.retain(|(t, _)| *t != token);
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, token: Token, request: Request, lent: bool) {
+        self.log.push(format!("Run({token:?}, {request:?})"));
+        let data = request.data.unwrap_or_default();
+        let lc = &mut self.side.lc;
+        match data.len() % 3 {
+            0 if lent => lc.answer_lent(token, data),
+            0 => lc.on_body(token, data),
+            n => {
+                if lent {
+                    lc.admit_lent(token);
+                }
+                if n == 1 {
+                    lc.on_error(token, "failed at its start");
+                } else {
+                    self.side.held.push((token, data));
+                }
+            }
+        }
+    }
+}
+
+/// Runs `steps` through a lifecycle whose commands come out as events and
+/// one that lends them, comparing after each step; returns how many were
+/// lent, and what was observed after each step.
+fn run_lending(config: LifecycleConfig, steps: Vec<Step>) -> (usize, Vec<String>) {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let (mut events, mut lending) = (Feeder::new(&config, false), Feeder::new(&config, true));
+    let mut seen = Vec::new();
+    for (n, step) in steps.iter().enumerate() {
+        for feeder in [&mut events, &mut lending] {
+            match step {
+                Step::Read(frames) => feeder.read(frames, now),
+                Step::Answer { k, fail } => feeder.side.answer(*k, *fail),
+                Step::Tick(ms) => feeder
+                    .side
+                    .lc
+                    .handle_timeout(now + Duration::from_millis(*ms)),
+            }
+            feeder.run_events();
+        }
+        if let Step::Tick(ms) = step {
+            now += Duration::from_millis(*ms);
+        }
+        let (one, other) = (events.side.observe(), lending.side.observe());
+        assert_eq!(one, other, "after step {n}: {step:?}");
+        assert_eq!(events.log, lending.log, "after step {n}: {step:?}");
+        assert_eq!(
+            events.side.held, lending.side.held,
+            "after step {n}: {step:?}"
+        );
+        seen.push(one);
+    }
+    assert_eq!(events.lent, 0);
+    (lending.lent, seen)
+}
+
+#[test]
+fn a_lent_command_is_answered_as_its_event_would_be() {
+    let steps = vec![
+        // Answered at once, fails at once, goes on; then a reserved name,
+        // which is not lent.
+        Step::Read(
+            [
+                pair(1, b"echo", b""),
+                pair(3, b"echo", b"a"),
+                pair(5, b"echo", b"ab"),
+                pair(7, b"@capabilities", b""),
+            ]
+            .concat(),
+        ),
+        // What the lent ones left behind: 1 ended, 3 failed.
+        Step::Read(vec![
+            frame(
+                9,
+                FrameType::COMMAND_NAME,
+                Flags::HAVE_ARGS,
+                b"echo".to_vec(),
+            ),
+            named_arg_frame(9, b"@after", b"1"),
+            frame(
+                11,
+                FrameType::COMMAND_NAME,
+                Flags::HAVE_ARGS,
+                b"echo".to_vec(),
+            ),
+            named_arg_frame(11, b"@after", b"3"),
+        ]),
+        // A request still arriving cannot name one that began after it,
+        // lent and answered meanwhile.
+        Step::Read(vec![frame(
+            13,
+            FrameType::COMMAND_NAME,
+            Flags::HAVE_ARGS,
+            b"echo".to_vec(),
+        )]),
+        Step::Read(pair(15, b"echo", b"")),
+        Step::Read(vec![named_arg_frame(13, b"@after", b"15")]),
+        // The running one's ID is refused, as it would be.
+        Step::Read(pair(5, b"echo", b"")),
+    ];
+    let (lent, seen) = run_lending(LifecycleConfig::default(), steps.clone());
+    assert_eq!(lent, 4);
+    assert!(
+        seen[0].starts_with(
+            "out [\"1 bytes-response eos \", \"3 error-response application failed at its start\", \
+             \"7 bytes-response eos "
+        ),
+        "{}",
+        seen[0]
+    );
+    assert!(seen[0].contains("executing 1 "), "{}", seen[0]);
+    assert!(
+        seen[1].starts_with(
+            "out [\"9 bytes-response eos \", \"11 error-response application dependency 3 failed\"]"
+        ),
+        "{}",
+        seen[1]
+    );
+    assert!(
+        seen[3].starts_with(r#"out ["15 bytes-response eos "]"#),
+        "{}",
+        seen[3]
+    );
+    assert!(
+        seen[4].starts_with(r#"out ["13 error-response application unknown dependency 15"]"#),
+        "{}",
+        seen[4]
+    );
+    assert!(seen[5].contains("failed true"), "{}", seen[5]);
+    let mut small = LifecycleConfig::default();
+    small.limits.max_send_payload = 2;
+    let big = vec![Step::Read(pair(1, b"echo", b"abc"))];
+    // A body of more than a frame is admitted and framed as usual.
+    let (lent, seen) = run_lending(small, big);
+    assert_eq!(lent, 1);
+    assert!(
+        seen[0]
+            .starts_with(r#"out ["1 bytes-response continuation ab", "1 bytes-response eos c"]"#),
+        "{}",
+        seen[0]
+    );
+    let in_order = LifecycleConfig {
+        in_order: true,
+        ..LifecycleConfig::default()
+    };
+    assert_eq!(
+        run_lending(in_order, steps).0,
+        0,
+        "in-order mode lends nothing"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn a_lent_command_decides_what_its_event_would_have(
+        mut config in arb_config(),
+        small_frames in prop::bool::weighted(0.3),
+        steps in prop::collection::vec(arb_step(), 1..40),
+    ) {
+        if small_frames {
+            config.limits.max_send_payload = 4;
+        }
+        run_lending(config, steps);
+    }
 
     #[test]
     fn the_reactor_starts_a_whole_command_as_its_two_frames_would(
