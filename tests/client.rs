@@ -309,6 +309,8 @@ async fn application_errors_come_back_typed() {
     let cases = [
         (client.call("fail").arg("message", "boom"), "boom"),
         (client.call("nope"), "unknown command: nope"),
+        // In two frames: refused on the executor's shortest path.
+        (client.call("nope").data("x"), "unknown command: nope"),
         (client.call("sleep"), "missing argument: ms"),
         (
             client.call("sleep").arg("ms", "abc"),
