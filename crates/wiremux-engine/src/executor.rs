@@ -183,10 +183,12 @@ impl Executor {
         progress
     }
 
-    /// Starts and stops what the lifecycle says, at once. A transport calls
-    /// this after each frame it feeds in, so that a command complete in
-    /// the middle of a read runs (and, if ready, answers) before the frames
-    /// after it are taken in. Returns whether there was anything.
+    /// Starts and stops what the lifecycle says, at once. A transport that
+    /// feeds frames to the lifecycle itself calls this after each, so
+    /// that a command complete in the middle of a read runs (and, if
+    /// ready, answers) before the frames after it are taken in
+    /// ([`Executor::take_frame`] does both). Returns whether there was
+    /// anything.
     #[inline]
     pub fn run_events(&mut self, lifecycle: &mut Lifecycle, now: Instant) -> bool {
         // Most frames (all but a request's last) leave nothing to do.
