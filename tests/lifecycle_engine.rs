@@ -99,6 +99,31 @@ async fn a_request_never_completed_fails_the_connection_at_the_assembly_timeout(
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_idle_connection_closes_at_once_at_shutdown() {
+    // No idle timeout: nothing but the shutdown can wake the connection.
+    let config = Config {
+        idle_timeout: None,
+        ..Config::default()
+    };
+    let server = server(config, Arc::default());
+    let mut peer = Duplex::serve(&server, PIPE);
+    // Answered first, so that the connection has been polled and waits
+    // with everything registered.
+    peer.send_command(1, CommandBuilder::new("echo").data("x"))
+        .await;
+    assert_eq!(
+        peer.frame().await.as_deref(),
+        Some("1 bytes-response eos x")
+    );
+    assert_eq!(peer.settle().await, (vec![], false));
+    let t0 = Instant::now();
+    server.shutdown();
+    assert_eq!(within("the close", peer.frame()).await, None);
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    within("serve_io", &mut peer.served).await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_drains_what_finishes_in_time_and_closes_at_the_drain_timeout() {
     let config = Config {
         drain_timeout: Duration::from_secs(5),

@@ -23,8 +23,9 @@ use bytes::{Buf, BytesMut};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
@@ -64,6 +65,8 @@ pub(crate) struct Connection<IO> {
     needs_flush: bool,
     read_state: ReadState,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The waker `shutdown` was last polled with.
+    shutdown_waker: Option<Waker>,
     drain_deadline: Option<Pin<Box<Sleep>>>,
     linger: Option<Pin<Box<Sleep>>>,
 }
@@ -88,6 +91,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             needs_flush: false,
             read_state: ReadState::Open,
             shutdown: Box::pin(shared.shutdown.clone().cancelled_owned()),
+            shutdown_waker: None,
             drain_deadline: None,
             linger: None,
             shared,
@@ -196,7 +200,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     /// Graceful shutdown: stop reading new requests, let the ones in flight
     /// finish until the drain deadline, then close.
     fn poll_shutdown_signal(&mut self, cx: &mut Context<'_>) {
-        if self.drain_deadline.is_none() && self.shutdown.as_mut().poll(cx).is_ready() {
+        if self.drain_deadline.is_none() && self.shutdown_begun(cx) {
             self.drain_deadline = Some(Box::pin(tokio::time::sleep(
                 self.shared.config.drain_timeout,
             )));
@@ -211,6 +215,24 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 self.read_state = ReadState::Failed;
             }
         }
+    }
+
+    /// Whether graceful shutdown has begun. Polling the token's future
+    /// takes the token's lock, so it is polled only when the server's flag
+    /// says shutdown has begun or this task's waker has changed: once
+    /// polled, the future wakes the task when the token is cancelled, and
+    /// the flag, set before that, is seen at that wake-up.
+    fn shutdown_begun(&mut self, cx: &mut Context<'_>) -> bool {
+        let flagged = self.shared.shutting_down.load(Ordering::Acquire);
+        let registered = self.shutdown_waker.as_ref();
+        if !flagged && registered.is_some_and(|w| w.will_wake(cx.waker())) {
+            return false;
+        }
+        if self.shutdown.as_mut().poll(cx).is_ready() {
+            return true;
+        }
+        self.shutdown_waker = Some(cx.waker().clone());
+        false
     }
 
     // ---- writing ----

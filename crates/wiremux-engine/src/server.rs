@@ -6,6 +6,7 @@ use crate::connection::Connection;
 use crate::handler::{Handler, Permission, Registry, ServiceHandler};
 use crate::stats::{CommandStatsSnapshot, Stats, StatsSnapshot};
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -22,6 +23,9 @@ pub(crate) struct Shared {
     /// Server-wide slots for handlers running in the background.
     pub(crate) executing: Arc<Semaphore>,
     pub(crate) shutdown: CancellationToken,
+    /// Set just before `shutdown` is cancelled: what a connection checks
+    /// at each wake-up (see `Connection::shutdown_begun`).
+    pub(crate) shutting_down: AtomicBool,
     /// Server-wide connection slots, one per connection open on any
     /// listener ([`Config::max_connections`], clamped).
     pub(crate) connection_slots: Arc<Semaphore>,
@@ -166,6 +170,7 @@ impl ServerBuilder {
                 stats,
                 executing,
                 shutdown: CancellationToken::new(),
+                shutting_down: AtomicBool::new(false),
                 connection_slots,
             }),
         }
@@ -250,6 +255,7 @@ impl Server {
     /// stop taking new requests, requests in flight get
     /// [`Config::drain_timeout`] to finish, then everything closes.
     pub fn shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::Release);
         self.shared.shutdown.cancel();
     }
 
