@@ -261,8 +261,11 @@ pub struct Lifecycle {
     lent: Option<Token>,
     errored: bool,
     input_ended: bool,
-    assembly_since: Option<Instant>,
-    idle_since: Option<Instant>,
+    /// When the assembly timeout passes for what is arriving now (its
+    /// clock starts when arrival begins and again at each completion).
+    assembly_at: Option<Instant>,
+    /// When the idle timeout passes, if nothing happens before.
+    idle_at: Option<Instant>,
     idle_expired: bool,
     processing: bool,
     counters: Counters,
@@ -289,8 +292,8 @@ impl Lifecycle {
             lent: None,
             errored: false,
             input_ended: false,
-            assembly_since: None,
-            idle_since: None,
+            assembly_at: None,
+            idle_at: None,
             idle_expired: false,
             processing: false,
             counters: Counters::default(),
@@ -314,7 +317,7 @@ impl Lifecycle {
         // Not idle: the idle clock starts again at the next `set_input`
         // that finds nothing in flight, even if this frame's request
         // is answered before then.
-        self.idle_since = None;
+        self.idle_at = None;
         let id = frame.request_id;
         let is_name = frame.frame_type == FrameType::COMMAND_NAME;
         if is_name {
@@ -420,10 +423,10 @@ impl Lifecycle {
         }
         self.counters.frames_in += 2;
         self.counters.requests_started += 1;
-        self.idle_since = None;
+        self.idle_at = None;
         let seq = self.begin_unrecorded(id);
         if self.reactor.receiving() > 0 {
-            self.assembly_since = Some(now);
+            self.assembly_at = self.config.assembly_timeout.map(|limit| now + limit);
         }
         let token = Token { id, seq };
         self.lent = Some(token);
@@ -497,7 +500,7 @@ impl Lifecycle {
             return self.on_frame(data, now);
         }
         self.counters.frames_in += 2;
-        self.idle_since = None;
+        self.idle_at = None;
         self.begin(id);
         self.on_complete(
             Request {
@@ -620,7 +623,7 @@ impl Lifecycle {
     #[inline]
     fn take_in(&mut self, id: u16, now: Instant) -> Option<Token> {
         if self.reactor.receiving() > 0 {
-            self.assembly_since = Some(now);
+            self.assembly_at = self.config.assembly_timeout.map(|limit| now + limit);
         }
         self.counters.requests_started += 1;
         let entry = self.entries.get_mut(id)?;
@@ -1083,30 +1086,25 @@ impl Lifecycle {
     pub fn set_input(&mut self, reading: bool, partial_frame: bool, now: Instant) {
         let assembling = reading && (self.reactor.receiving() > 0 || partial_frame);
         if !assembling {
-            self.assembly_since = None;
-        } else if self.assembly_since.is_none() {
-            self.assembly_since = Some(now);
+            self.assembly_at = None;
+        } else if self.assembly_at.is_none() {
+            self.assembly_at = self.config.assembly_timeout.map(|limit| now + limit);
         }
         let idle = reading && !partial_frame && self.entries.is_empty() && self.send.is_idle();
         if !idle {
-            self.idle_since = None;
-        } else if self.idle_since.is_none() {
-            self.idle_since = Some(now);
+            self.idle_at = None;
+        } else if self.idle_at.is_none() {
+            self.idle_at = self.config.idle_timeout.map(|limit| now + limit);
         }
     }
 
     /// The next moment [`Lifecycle::handle_timeout`] has work, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let assembly = self
-            .assembly_since
-            .zip(self.config.assembly_timeout)
-            .map(|(since, limit)| since + limit);
-        let idle = self
-            .idle_since
-            .zip(self.config.idle_timeout)
-            .map(|(since, limit)| since + limit);
         let deadline = self.deadlines.peek().map(|Reverse((at, _, _))| *at);
-        [assembly, idle, deadline].into_iter().flatten().min()
+        [self.assembly_at, self.idle_at, deadline]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Time has come to `now`: requests past their deadline end with
@@ -1140,9 +1138,9 @@ impl Lifecycle {
                     .is_some_and(|e| e.seq == *seq && !matches!(e.phase, Phase::Ending))
             });
         }
-        if let (Some(since), Some(limit)) = (self.assembly_since, self.config.assembly_timeout) {
-            if since + limit <= now {
-                self.assembly_since = None;
+        if let (Some(at), Some(limit)) = (self.assembly_at, self.config.assembly_timeout) {
+            if at <= now {
+                self.assembly_at = None;
                 let ms = limit.as_millis();
                 self.fail(
                     0,
@@ -1150,11 +1148,9 @@ impl Lifecycle {
                 );
             }
         }
-        if let (Some(since), Some(limit)) = (self.idle_since, self.config.idle_timeout) {
-            if since + limit <= now {
-                self.idle_since = None;
-                self.idle_expired = true;
-            }
+        if self.idle_at.is_some_and(|at| at <= now) {
+            self.idle_at = None;
+            self.idle_expired = true;
         }
         self.process_ended();
     }
