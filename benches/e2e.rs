@@ -37,6 +37,9 @@
 //! against out-of-order and in-order wiremux. Its table is printed and
 //! written to `target/e2e-summary.txt`. Set `E2E_SUMMARY=0` to skip it and
 //! `E2E_SUMMARY_SECS` to change how long each of its runs lasts (default 1).
+//! `E2E_TARGET_ROUNDS=N` adds N rounds that measure wiremux (raw client)
+//! and the raw-frame server back to back at W=256 and W=1 and print the
+//! median ratios beside the lifecycle issue's targets.
 
 #[path = "support/raw_frame.rs"]
 mod raw_frame;
@@ -484,6 +487,115 @@ struct Row {
     client_runs: f64,
 }
 
+/// One configuration at window `w`, for about `secs`: throughput,
+/// latency, and both threads' CPU time.
+fn measure(
+    rt: &Runtime,
+    setup: &mut Setup,
+    w: usize,
+    load: &Load,
+    payload: &Bytes,
+    secs: f64,
+) -> Row {
+    // A short run to size the measured one to about `secs`.
+    let probe = batch(w);
+    let took = rt.block_on(setup.conn.run(probe, w, load, payload, None));
+    let n = ((probe as f64 / took.as_secs_f64() * secs) as u64).clamp(probe, 20_000_000);
+    let mut hist = histogram();
+    let before = (thread_cpu(setup.server_thread), own_cpu());
+    let took = rt.block_on(setup.conn.run(n, w, load, payload, Some(&mut hist)));
+    let after = (thread_cpu(setup.server_thread), own_cpu());
+    let per_request = |before: u64, after: u64| (after - before) as f64 / n as f64;
+    Row {
+        server_ns: per_request(before.0.ns, after.0.ns),
+        client_ns: per_request(before.1.ns, after.1.ns),
+        server_runs: 1000.0 * per_request(before.0.runs, after.0.runs),
+        client_runs: 1000.0 * per_request(before.1.runs, after.1.runs),
+        w,
+        name: setup.name,
+        rate: n as f64 / took.as_secs_f64(),
+        p50: hist.value_at_quantile(0.50),
+        p99: hist.value_at_quantile(0.99),
+        p999: hist.value_at_quantile(0.999),
+    }
+}
+
+/// The lifecycle issue's targets, judged over `rounds` rounds: in each,
+/// wiremux with the raw client and the raw-frame server are measured back
+/// to back (which goes first alternates) at W=256 and W=1. One pass of the
+/// summary gives one sample of each ratio, and on a shared VM the ratio
+/// moves by several per cent between passes; the medians of many rounds,
+/// each pair measured within seconds of each other, are what to compare
+/// with a target.
+fn target_rounds(env: &mut Env, rounds: usize, secs: f64) -> String {
+    let Env {
+        rt,
+        setups,
+        echo,
+        payload,
+        ..
+    } = env;
+    let load = Load { echo, mixed: None };
+    let index = |name: &str| {
+        setups
+            .iter()
+            .position(|s| s.name == name)
+            .expect("a configured setup")
+    };
+    let (engine, raw) = (index("wiremux/raw-client"), index("raw-frame"));
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\ntargets: {rounds} rounds of wiremux/raw-client against raw-frame, back to back, about {secs} s each\n\
+         round  W=256 server CPU ratio  W=256 requests/s ratio  W=1 requests/s ratio"
+    );
+    let mut ratios: [Vec<f64>; 3] = Default::default();
+    for round in 0..rounds {
+        let mut pair = |w: usize| {
+            let order = if round % 2 == 0 {
+                [engine, raw]
+            } else {
+                [raw, engine]
+            };
+            let [a, b] = order.map(|i| measure(rt, &mut setups[i], w, &load, payload, secs));
+            if order[0] == engine {
+                (a, b)
+            } else {
+                (b, a)
+            }
+        };
+        let (ours, theirs) = pair(256);
+        ratios[0].push(ours.server_ns / theirs.server_ns);
+        ratios[1].push(ours.rate / theirs.rate);
+        let (ours, theirs) = pair(1);
+        ratios[2].push(ours.rate / theirs.rate);
+        let _ = writeln!(
+            out,
+            "{:>5}  {:>22.2}  {:>22.3}  {:>20.3}",
+            round + 1,
+            ratios[0][round],
+            ratios[1][round],
+            ratios[2][round]
+        );
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let [cpu, rate, rate1] = &mut ratios;
+    let _ = writeln!(
+        out,
+        "median {:>22.2}  {:>22.3}  {:>20.3}\ntarget {:>22}  {:>22}  {:>20}",
+        median(cpu),
+        median(rate),
+        median(rate1),
+        "at most 1.5",
+        "at least 0.85",
+        "at least 0.9"
+    );
+    out
+}
+
 /// Latency and throughput per configuration, and the mixed run, measured
 /// outside criterion.
 fn summary(env: &mut Env) -> String {
@@ -502,27 +614,7 @@ fn summary(env: &mut Env) -> String {
     let mut rows = Vec::new();
     for w in WINDOWS {
         for setup in setups.iter_mut() {
-            // A short run to size the measured one to about `secs`.
-            let probe = batch(w);
-            let took = rt.block_on(setup.conn.run(probe, w, &load, payload, None));
-            let n = ((probe as f64 / took.as_secs_f64() * secs) as u64).clamp(probe, 20_000_000);
-            let mut hist = histogram();
-            let before = (thread_cpu(setup.server_thread), own_cpu());
-            let took = rt.block_on(setup.conn.run(n, w, &load, payload, Some(&mut hist)));
-            let after = (thread_cpu(setup.server_thread), own_cpu());
-            let per_request = |before: u64, after: u64| (after - before) as f64 / n as f64;
-            rows.push(Row {
-                server_ns: per_request(before.0.ns, after.0.ns),
-                client_ns: per_request(before.1.ns, after.1.ns),
-                server_runs: 1000.0 * per_request(before.0.runs, after.0.runs),
-                client_runs: 1000.0 * per_request(before.1.runs, after.1.runs),
-                w,
-                name: setup.name,
-                rate: n as f64 / took.as_secs_f64(),
-                p50: hist.value_at_quantile(0.50),
-                p99: hist.value_at_quantile(0.99),
-                p999: hist.value_at_quantile(0.999),
-            });
+            rows.push(measure(rt, setup, w, &load, payload, secs));
         }
     }
 
@@ -620,6 +712,13 @@ fn summary(env: &mut Env) -> String {
         "fast-request p99, out-of-order / in-order: {:.3} (target at most 0.2)",
         p99s[0] as f64 / p99s[1] as f64
     );
+    let rounds: usize = std::env::var("E2E_TARGET_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if rounds > 0 {
+        out.push_str(&target_rounds(env, rounds, secs));
+    }
     let _ = writeln!(out, "load average after: {}", loadavg());
     out
 }
