@@ -137,6 +137,19 @@ pub struct Counters {
     pub protocol_errors: u64,
 }
 
+/// The request of a command-name frame and the sole data frame that
+/// completes it ([`FrameRun::take_sole_data`]).
+#[inline]
+fn whole_request(name: Frame, data: Frame) -> Request {
+    Request {
+        request_id: name.request_id,
+        name: name.payload,
+        args: Vec::new(),
+        data: Some(data.payload),
+        deadline: None,
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Frames are still arriving.
@@ -430,14 +443,7 @@ impl Lifecycle {
         }
         let token = Token { id, seq };
         self.lent = Some(token);
-        let request = Request {
-            request_id: id,
-            name: frame.payload,
-            args: Vec::new(),
-            data: Some(data.payload),
-            deadline: None,
-        };
-        Some((token, request))
+        Some((token, whole_request(frame, data)))
     }
 
     /// The whole answer of the request lent as `token` (see
@@ -502,16 +508,7 @@ impl Lifecycle {
         self.counters.frames_in += 2;
         self.idle_at = None;
         self.begin(id);
-        self.on_complete(
-            Request {
-                request_id: id,
-                name: name.payload,
-                args: Vec::new(),
-                data: Some(data.payload),
-                deadline: None,
-            },
-            now,
-        );
+        self.on_complete(whole_request(name, data), now);
         self.process_ended();
         if self.reactor.receiving() == 0 && !self.ended_while_receiving.is_empty() {
             self.ended_while_receiving.clear();
