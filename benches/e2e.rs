@@ -394,6 +394,16 @@ struct Env {
 }
 
 impl Env {
+    /// The runtime, the configurations and the plain echo load with its
+    /// payload, borrowed apart.
+    fn echo_run(&mut self) -> (&Runtime, &mut [Setup], Load<'_>, &Bytes) {
+        let load = Load {
+            echo: &self.echo,
+            mixed: None,
+        };
+        (&self.rt, &mut self.setups, load, &self.payload)
+    }
+
     fn start() -> Env {
         let wiremux = wiremux_server(false);
         let in_order = wiremux_server(true);
@@ -450,14 +460,7 @@ impl Env {
 }
 
 fn throughput(c: &mut Criterion, env: &mut Env) {
-    let Env {
-        rt,
-        setups,
-        echo,
-        payload,
-        ..
-    } = env;
-    let load = Load { echo, mixed: None };
+    let (rt, setups, load, payload) = env.echo_run();
     for w in WINDOWS {
         let mut group = c.benchmark_group(format!("e2e/w{w}"));
         group.throughput(Throughput::Elements(batch(w)));
@@ -529,14 +532,7 @@ fn measure(
 /// each pair measured within seconds of each other, are what to compare
 /// with a target.
 fn target_rounds(env: &mut Env, rounds: usize, secs: f64) -> String {
-    let Env {
-        rt,
-        setups,
-        echo,
-        payload,
-        ..
-    } = env;
-    let load = Load { echo, mixed: None };
+    let (rt, setups, load, payload) = env.echo_run();
     let index = |name: &str| {
         setups
             .iter()
@@ -615,15 +611,8 @@ fn summary(env: &mut Env) -> String {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1.0);
-    let Env {
-        rt,
-        setups,
-        echo,
-        payload,
-        ..
-    } = env;
-    let load = Load { echo, mixed: None };
     let mut rows = Vec::new();
+    let (rt, setups, load, payload) = env.echo_run();
     for w in WINDOWS {
         for setup in setups.iter_mut() {
             rows.push(measure(rt, setup, w, &load, payload, secs));
@@ -685,7 +674,7 @@ fn summary(env: &mut Env) -> String {
     // The mixed run: fast requests behind slow ones.
     let slow = CommandBuilder::new("sleep").arg("ms", SLOW_MS);
     let mixed = Load {
-        echo,
+        echo: &env.echo,
         mixed: Some((SLOW_EVERY, &slow)),
     };
     let _ = writeln!(
@@ -699,7 +688,7 @@ fn summary(env: &mut Env) -> String {
     );
     let mut p99s = Vec::new();
     for (name, addr) in [("wiremux", env.wiremux), ("in-order", env.in_order)] {
-        let (n, hist, took) = rt.block_on(async {
+        let (n, hist, took) = env.rt.block_on(async {
             let mut client = RawClient::connect(addr).await;
             client.run(1000, MIXED_WINDOW, &mixed, None).await;
             let n = 50_000;
